@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# One entry point for a fresh checkout: creates (or reuses) .venv/, installs
+# everything stream2llm needs into it, then runs what was asked:
+#   bash scripts/dev.sh demo [demo options]   the streaming RAG demo (CPU default model)
+#   bash scripts/dev.sh test [pytest options] the whole test suite
+#   bash scripts/dev.sh install               only the environment
+#   bash scripts/dev.sh <stream2llm sub-command ...>
+# Idempotent: the install is skipped while pyproject.toml and requirements/ are unchanged.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+VENV="$ROOT/.venv"
+PY=${PYTHON:-python3}
+
+have_gpu() { command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; }
+
+install() {
+  local stamp="$VENV/.stream2llm-installed"
+  local want
+  want=$(cat pyproject.toml requirements/*.txt scripts/dev.sh | sha256sum | cut -d' ' -f1)
+  if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then return 0; fi
+  echo "[stream2llm] setting up $VENV (first run takes a few minutes)" >&2
+  [[ -x "$VENV/bin/python" ]] || "$PY" -m venv "$VENV"
+  local pip=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
+  "${pip[@]}" install --upgrade pip setuptools wheel
+  if have_gpu; then
+    # GPU machine: the full sglang install with its CUDA stack.
+    "${pip[@]}" install -e ".[gpu,dev]"
+  else
+    # CPU machine: CPU torch held in place by a constraints file, sglang without
+    # its CUDA requirements, and the light modules it imports (docs/install.md).
+    export PIP_CONSTRAINT="$ROOT/requirements/cpu-constraints.txt"
+    "${pip[@]}" install "torch==2.13.0"
+    "${pip[@]}" install -r requirements/sglang-cpu.txt
+    "${pip[@]}" install --no-deps "sglang==0.5.23"
+    "${pip[@]}" install -e ".[dev]"
+  fi
+  echo "$want" > "$stamp"
+}
+
+cmd=${1:-help}
+[[ $# -gt 0 ]] && shift
+case "$cmd" in
+  install) install ;;
+  test)
+    install
+    export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+    exec "$VENV/bin/python" -m pytest "$@" ;;
+  help|-h|--help) sed -n '2,9p' "$0" ;;
+  *)
+    install
+    export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+    exec "$VENV/bin/stream2llm" "$cmd" "$@" ;;
+esac
