@@ -1,0 +1,481 @@
+"""Per-stream KV bookkeeping over the streaming radix tree and SGLang's allocator.
+
+A stream's computed prefix lives in two places:
+
+    root ── ... ── node            tree part: page-aligned, shared with anyone whose
+                     │             input starts the same way (template, documents)
+                     └─ private    at most one partial page (page_size > 1) plus the
+                                   slots reserved for the step being computed
+
+The stream pins its path by holding one SGLang lock on ``node``. Engines and the
+simulator talk to this class in tokens (reserve, commit, truncate, preempt); only
+this class touches the tree and the allocator, so the slot accounting
+``free + tree + private == capacity`` can be checked at any time (``check``).
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, NamedTuple, Protocol
+
+import torch
+
+from radix_stream.tree import TreeNode, build_tree
+
+PreemptMode = Literal["recompute", "swap"]
+
+
+class KVCapacityError(RuntimeError):
+    """A request for KV memory that can never be met (larger than the pool)."""
+
+
+class StreamKVError(KeyError):
+    """An operation on an unknown stream or in the wrong state."""
+
+
+class TruncateResult(NamedTuple):
+    kept: int  # computed tokens still valid after the update
+    invalidated: int  # computed tokens whose KV was dropped
+
+
+class PreemptResult(NamedTuple):
+    mode: PreemptMode
+    freed: int  # device slots returned to the allocator
+    swapped: int  # tokens whose KV now sits in the host pool
+
+
+class KVStats(NamedTuple):
+    capacity: int
+    used: int
+    pinned: int
+    evictable: int
+    free: int
+    private: int
+    host: int
+
+
+class KVMover(Protocol):
+    """Copies KV between the device pool and host memory (swap preemption)."""
+
+    def to_host(self, slots: torch.Tensor) -> Any: ...
+
+    def to_device(self, host_kv: Any, slots: torch.Tensor) -> None: ...
+
+
+@dataclass
+class _Swapped:
+    start: int  # position of the first swapped token
+    host_kv: Any
+
+
+@dataclass
+class _Stream:
+    rid: str
+    extra_key: str | None
+    node: TreeNode
+    tokens: array  # computed token ids (array('q'), as RadixKey wants)
+    tree_len: int  # tokens covered by the tree path (page aligned)
+    private: torch.Tensor  # slots of positions tree_len.. (partial page + reservation)
+    reserved: int = 0  # positions reserved by reserve() and not yet committed
+    pinned: bool = True
+    swapped: _Swapped | None = None
+
+    @property
+    def computed(self) -> int:
+        return len(self.tokens)
+
+
+def _lcp(a: array, b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    bb = b if isinstance(b, array) else array("q", b[:n])
+    lo, step = 0, 64
+    while lo < n:  # gallop with C-level slice compares, then bisect the window
+        hi = min(n, lo + step)
+        if a[lo:hi] != bb[lo:hi]:
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                if a[lo:mid] == bb[lo:mid]:
+                    lo = mid
+                else:
+                    hi = mid
+            return lo if a[lo] != bb[lo] else lo + 1
+        lo, step = hi, step * 2
+    return n
+
+
+class StreamKVCache:
+    """KV slots of streaming requests: reserve, commit, truncate, preempt."""
+
+    def __init__(
+        self,
+        allocator: Any,
+        page_size: int = 1,
+        mover: KVMover | None = None,
+        host_capacity_tokens: int | None = None,
+    ) -> None:
+        self.allocator = allocator
+        self.page_size = page_size
+        self.tree = build_tree(allocator, page_size)
+        self.mover = mover
+        self.host_capacity = host_capacity_tokens
+        self.host_used = 0
+        self.capacity = (allocator.size // page_size) * page_size
+        self._streams: dict[str, _Stream] = {}
+        self._empty = torch.empty((0,), dtype=torch.int64)
+
+    @classmethod
+    def create(cls, capacity_tokens: int, page_size: int = 1, **kw: Any) -> StreamKVCache:
+        """A pool of slot indices only, no KV tensors (simulator and tests)."""
+        from sglang.srt.mem_cache.allocator import (
+            PagedTokenToKVPoolAllocator,
+            TokenToKVPoolAllocator,
+        )
+
+        if capacity_tokens <= 0 or capacity_tokens % page_size:
+            raise ValueError("capacity must be a positive multiple of the page size")
+        if page_size == 1:
+            alloc = TokenToKVPoolAllocator(capacity_tokens, torch.int64, "cpu", None, False)
+        else:
+            alloc = PagedTokenToKVPoolAllocator(
+                capacity_tokens, page_size, torch.int64, "cpu", None, False
+            )
+        return cls(alloc, page_size=page_size, **kw)
+
+    # ---- helpers --------------------------------------------------------
+    def _get(self, rid: str) -> _Stream:
+        try:
+            return self._streams[rid]
+        except KeyError:
+            raise StreamKVError(f"unknown stream {rid!r}") from None
+
+    def _ceil(self, n: int) -> int:
+        return -(-n // self.page_size) * self.page_size
+
+    def _floor(self, n: int) -> int:
+        return n // self.page_size * self.page_size
+
+    def _free(self, slots: torch.Tensor) -> None:
+        if len(slots):
+            self.allocator.free_segment(slots, start_pos=0)
+
+    def _alloc(self, n: int) -> torch.Tensor | None:
+        if n == 0:
+            return self._empty
+        if n > self.capacity:
+            raise KVCapacityError(f"{n} tokens exceed the KV pool ({self.capacity})")
+        short = n - self.allocator.available_size()
+        if short > 0:
+            self.tree.evict_tokens(short)
+        return self.allocator.alloc(n)
+
+    def _move_lock(self, s: _Stream, node: TreeNode) -> None:
+        if s.pinned and node is not s.node:
+            self.tree.inc_lock_ref(node)
+            self.tree.dec_lock_ref(s.node)
+        s.node = node
+
+    def _cut_tree(self, s: _Stream, keep: int) -> int:
+        """Cut the stream's tree path back to ``keep`` tokens (``keep`` < tree_len)
+        and free the exclusive part below at once; returns the new computed
+        length (``keep``, or its page floor when the partial page is shared)."""
+        aligned = self._floor(keep)
+        target = self.tree.node_at_depth(s.node, aligned)
+        chain = self.tree.exclusive_chain(s.node, own_locks=1 if s.pinned else 0)
+        if target in chain:  # everything below the cut is ours alone
+            chain, whole = chain[: chain.index(target)], True
+        else:
+            whole = bool(chain) and chain[-1].parent is target
+        self._move_lock(s, target)
+        partial = keep - aligned
+        head = self.tree.free_chain(chain, keep_head=self.page_size if partial and whole else 0)
+        s.tree_len = aligned
+        if head is not None:  # the partially valid page stays, as our private page
+            s.private = head
+            return keep
+        return aligned
+
+    # ---- lifecycle ------------------------------------------------------
+    def open(self, rid: str, extra_key: str | None = None) -> None:
+        if rid in self._streams:
+            raise StreamKVError(f"stream {rid!r} is already open")
+        root = self.tree.root_node
+        self._streams[rid] = _Stream(rid, extra_key, root, array("q"), 0, self._empty)
+
+    def close(self, rid: str, keep_cache: bool = True) -> int:
+        """End a stream. Finished: its tree path stays cached (evictable) for
+        prefix reuse. Aborted (``keep_cache=False``): its exclusive KV is freed."""
+        s = self._get(rid)
+        if s.reserved:
+            raise StreamKVError(f"stream {rid!r} has an uncommitted reservation")
+        freed = len(s.private)
+        self._free(s.private)
+        if s.pinned:
+            self.tree.dec_lock_ref(s.node)
+        if not keep_cache and s.pinned:
+            chain = self.tree.exclusive_chain(s.node, own_locks=0)
+            freed += sum(len(n.value) for n in chain)
+            self.tree.free_chain(chain)
+        self._drop_swap(s)
+        del self._streams[rid]
+        return freed
+
+    def computed(self, rid: str) -> int:
+        return self._get(rid).computed
+
+    def token_ids(self, rid: str) -> list[int]:
+        return list(self._get(rid).tokens)
+
+    def is_resident(self, rid: str) -> bool:
+        s = self._get(rid)
+        return s.pinned and s.swapped is None
+
+    def is_swapped(self, rid: str) -> bool:
+        return self._get(rid).swapped is not None
+
+    def streams(self) -> list[str]:
+        return list(self._streams)
+
+    # ---- input changes --------------------------------------------------
+    def reuse_prefix(self, rid: str, input_ids: Sequence[int]) -> int:
+        """Adopt KV already in the tree for ``input_ids[computed:]`` (a shared
+        template, documents another stream computed, a finished request)."""
+        s = self._get(rid)
+        if not s.pinned or s.reserved or s.computed != s.tree_len or s.swapped:
+            return s.computed
+        rest = array("q", input_ids[s.tree_len :])
+        node, matched = self.tree.match_from(s.node, rest, s.extra_key)
+        if matched:
+            self._move_lock(s, node)
+            s.tokens.extend(rest[:matched])
+            s.tree_len += matched
+        return s.computed
+
+    def truncate(self, rid: str, new_input_ids: Sequence[int]) -> TruncateResult:
+        """Update mode: keep KV up to the LCP of the computed tokens and the new
+        input; free what this stream alone held past it, now."""
+        s = self._get(rid)
+        if s.reserved:
+            raise StreamKVError(f"stream {rid!r}: truncate during a step")
+        old = s.computed
+        lcp = _lcp(s.tokens, new_input_ids)
+        if lcp >= old:
+            return TruncateResult(old, 0)
+        if s.swapped is not None:  # the host copy is dropped; only device KV is cut
+            start = s.swapped.start
+            self._drop_swap(s)
+            lcp = min(lcp, start)
+            if lcp == start:
+                return TruncateResult(lcp, old - lcp)
+        if not s.pinned:  # its nodes are plain cache now; pin() re-matches later
+            del s.tokens[lcp:]
+            s.tree_len = min(s.tree_len, lcp)
+            return TruncateResult(lcp, old - lcp)
+        if lcp >= s.tree_len:  # the cut falls in the private partial page
+            keep_slots = self._ceil(lcp - s.tree_len)
+            self._free(s.private[keep_slots:])
+            s.private = s.private[:keep_slots]
+            new_len = lcp
+        else:
+            self._free(s.private)
+            s.private = self._empty
+            new_len = self._cut_tree(s, lcp)
+        del s.tokens[new_len:]
+        return TruncateResult(new_len, old - new_len)
+
+    # ---- computing --------------------------------------------------------
+    def reserve(self, rid: str, n: int) -> torch.Tensor | None:
+        """Slots for positions [computed, computed + n), evicting unpinned cache
+        if needed; None when the pool cannot provide them (preempt someone)."""
+        s = self._get(rid)
+        if not s.pinned or s.swapped is not None:
+            raise StreamKVError(f"stream {rid!r} is not resident")
+        if s.reserved:
+            raise StreamKVError(f"stream {rid!r} already has a reservation")
+        offset = s.computed - s.tree_len
+        extra = self._ceil(offset + n) - len(s.private)
+        if extra > 0:
+            got = self._alloc(extra)
+            if got is None:
+                return None
+            s.private = torch.cat((s.private, got))
+        s.reserved = n
+        return s.private[offset : offset + n]
+
+    def cancel(self, rid: str) -> None:
+        """Give back a reservation that will not be computed."""
+        s = self._get(rid)
+        keep = self._ceil(s.computed - s.tree_len)
+        self._free(s.private[keep:])
+        s.private, s.reserved = s.private[:keep], 0
+
+    def commit(self, rid: str, token_ids: Sequence[int]) -> None:
+        """The reserved positions now hold the KV of ``token_ids``; full pages
+        join the tree (extending the stream's leaf)."""
+        s = self._get(rid)
+        if len(token_ids) != s.reserved:
+            raise StreamKVError(f"stream {rid!r}: commit {len(token_ids)} != reserved {s.reserved}")
+        s.tokens.extend(token_ids)
+        s.reserved = 0
+        full = self._floor(s.computed) - s.tree_len
+        if full <= 0:
+            return
+        ids = s.tokens[s.tree_len : s.tree_len + full]
+        slots = s.private[:full]
+        node, dup = self.tree.extend_from(s.node, ids, slots, s.extra_key)
+        self._free(slots[:dup])  # another stream computed these first: keep theirs
+        self._move_lock(s, node)
+        s.tree_len += full
+        s.private = s.private[full:]
+
+    def slots(self, rid: str) -> torch.Tensor:
+        """Slots of positions [0, computed), in order."""
+        s = self._get(rid)
+        path = self.tree.path_device_indices(s.node)
+        tail = s.private[: s.computed - s.tree_len]
+        return torch.cat((path, tail)) if len(tail) else path
+
+    # ---- memory pressure ----------------------------------------------------
+    def held_tokens(self, rid: str) -> int:
+        """Device slots that preempting this stream would free."""
+        s = self._get(rid)
+        if not s.pinned:
+            return 0
+        chain = self.tree.exclusive_chain(s.node, own_locks=1)
+        return sum(len(n.value) for n in chain) + len(s.private)
+
+    def pin(self, rid: str) -> int:
+        """Hold the stream's path again after ``unpin``: re-match what is still
+        cached (LRU may have taken the tail); returns the new computed length."""
+        s = self._get(rid)
+        if s.pinned:
+            return s.computed
+        tokens = s.tokens
+        s.node, s.tree_len, s.tokens, s.pinned = self.tree.root_node, 0, array("q"), True
+        self.reuse_prefix(rid, tokens)
+        return s.computed
+
+    def unpin(self, rid: str) -> None:
+        """Let LRU eviction take this stream's KV if memory is needed (a soft
+        preemption: nothing is freed now)."""
+        s = self._get(rid)
+        if s.reserved:
+            raise StreamKVError(f"stream {rid!r}: unpin during a step")
+        if s.pinned:
+            self._free(s.private)
+            del s.tokens[s.tree_len :]
+            s.private = self._empty
+            self.tree.dec_lock_ref(s.node)
+            s.pinned = False
+
+    def preempt(self, rid: str, mode: PreemptMode) -> PreemptResult:
+        """Free the stream's exclusive KV now. ``swap`` copies it to the host
+        pool first (restored by ``resume``); ``recompute`` drops it. The stream
+        keeps its shared prefix (which preempting would not free anyway)."""
+        s = self._get(rid)
+        if s.reserved or not s.pinned or s.swapped is not None:
+            raise StreamKVError(f"stream {rid!r} cannot be preempted now")
+        chain = self.tree.exclusive_chain(s.node, own_locks=1)
+        start = self.tree.depth(chain[-1].parent) if chain else s.tree_len
+        n = s.computed - start
+        if mode == "swap" and self.host_capacity is not None:
+            if self.host_used + n > self.host_capacity:
+                mode = "recompute"  # host pool full: fall back
+        freed = len(s.private) + sum(len(node.value) for node in chain)
+        if mode == "swap" and n > 0:
+            host = None
+            if self.mover is not None:
+                host = self.mover.to_host(self.slots(rid)[start:])
+            s.swapped = _Swapped(start, host)
+            self.host_used += n
+        keep_tokens = s.tokens if s.swapped else None
+        self._free(s.private)
+        s.private = self._empty
+        if chain:
+            target = chain[-1].parent
+            self._move_lock(s, target)
+            self.tree.free_chain(chain)
+        s.tree_len = start
+        if keep_tokens is None:
+            del s.tokens[start:]
+        else:
+            s.tokens = keep_tokens  # remembered for swap-in; computed restored then
+        return PreemptResult(mode, freed, n if s.swapped else 0)
+
+    def computed_resident(self, rid: str) -> int:
+        """Computed tokens whose KV is on the device (excludes swapped-out KV)."""
+        s = self._get(rid)
+        return s.swapped.start if s.swapped else s.computed
+
+    def resume(self, rid: str) -> bool:
+        """Make the stream resident: swap its KV back in (False if the pool has
+        no room now), or re-pin it after ``unpin``."""
+        s = self._get(rid)
+        if not s.pinned:
+            self.pin(rid)
+        if s.swapped is None:
+            return True
+        sw = s.swapped
+        tokens = s.tokens[sw.start :]
+        need = self._ceil(len(tokens))
+        got = self._alloc(need)
+        if got is None:
+            return False
+        if self.mover is not None and sw.host_kv is not None:
+            self.mover.to_device(sw.host_kv, got[: len(tokens)])
+        self._drop_swap(s)
+        del s.tokens[sw.start :]
+        s.private, s.reserved = got, len(tokens)
+        self.commit(rid, tokens)
+        return True
+
+    def _drop_swap(self, s: _Stream) -> None:
+        if s.swapped is not None:
+            self.host_used -= len(s.tokens) - s.swapped.start
+            del s.tokens[s.swapped.start :]
+            s.swapped = None
+
+    # ---- accounting -----------------------------------------------------------
+    def available(self) -> int:
+        return self.allocator.available_size() + self.tree.evictable_size()
+
+    def stats(self) -> KVStats:
+        free = self.allocator.available_size()
+        private = sum(len(s.private) for s in self._streams.values())
+        return KVStats(
+            capacity=self.capacity,
+            used=self.capacity - free,
+            pinned=self.tree.protected_size(),
+            evictable=self.tree.evictable_size(),
+            free=free,
+            private=private,
+            host=self.host_used,
+        )
+
+    def check(self) -> None:
+        """Assert: free + tree + private slots partition the pool exactly; every
+        pinned stream's path is locked and matches its tokens."""
+        held = self.tree.check_tree() + [s.private for s in self._streams.values()]
+        used = torch.cat(held) if held else self._empty
+        alloc = self.allocator
+        if self.page_size == 1:
+            free = torch.cat((alloc.free_pages, alloc.release_pages))
+        else:
+            pages = alloc.get_all_free_pages()
+            free = (pages[:, None] * self.page_size + torch.arange(self.page_size)).reshape(-1)
+        everything = torch.cat((used, free))
+        assert len(torch.unique(everything)) == len(everything), "a slot is held twice"
+        assert len(everything) == self.capacity, (len(everything), self.capacity)
+        for s in self._streams.values():
+            assert len(s.private) % self.page_size == 0
+            assert s.tree_len == self.tree.depth(s.node)
+            if s.pinned:
+                assert s.node is self.tree.root_node or s.node.lock_ref >= 1
+                path = self.tree.path_nodes(s.node)
+                ids = array("q")
+                for n in path:
+                    ids.extend(n.key.raw_token_ids())
+                assert ids == s.tokens[: s.tree_len], f"stream {s.rid}: path != tokens"
+                resident = s.swapped.start if s.swapped else s.computed
+                assert len(s.private) >= resident - s.tree_len + s.reserved
