@@ -1,0 +1,361 @@
+"""The streaming scheduler: two-phase steps over streams whose input keeps arriving.
+
+Each step: ``schedule(now)`` plans and acquires, the engine runs the plan,
+``finish_step(plan, sampled, now)`` commits. Between the two calls chunks may
+arrive (``add_chunk``) and requests may be aborted; both are applied so that the
+running step is never disturbed (update-mode cuts and aborts of in-flight
+streams wait for the commit).
+
+Plan (pure): order live streams by the policy; walk them with the token budget
+and, as the memory budget, everything that is free or evictable plus what the
+*lower-ranked* streams hold (they are preemptible). Acquire: resume/reserve in
+plan order; when ``kv.reserve`` fails, preempt the lowest-ranked planned-out
+stream ranked below the one being served that holds KV, and retry.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from scheduler.cost_model import CostModel
+from scheduler.plan import Event, PlanItem, Preemption, StepPlan
+from scheduler.policies import Policy, get_policy
+from scheduler.preemption import PreemptionMode, PreemptionRule
+from scheduler.stream import (
+    ChunkResult,
+    DuplicateStream,
+    Mode,
+    SamplingParams,
+    Stream,
+    StreamError,
+    UnknownStream,
+    common_prefix,
+)
+
+
+class Scheduler:
+    """Streams, a policy, a KV manager; see the module docstring."""
+
+    def __init__(
+        self,
+        kv: Any,
+        policy: Policy | str = "fcfs",
+        preemption: PreemptionMode = "cost",
+        cost_model: CostModel | None = None,
+        token_budget: int = 2048,
+        artifact_cost_rule: bool = False,
+        max_batch: int | None = None,
+    ) -> None:
+        self.kv = kv
+        self.policy = get_policy(policy) if isinstance(policy, str) else policy
+        self.rule = PreemptionRule(preemption, cost_model, artifact_cost_rule)
+        self.token_budget = token_budget
+        self.max_batch = max_batch
+        self.page = int(getattr(kv, "page_size", 1))
+        self.streams: dict[str, Stream] = {}
+        self._seq = 0
+        self._inflight: StepPlan | None = None
+        self.stats: dict[str, int] = {
+            "recompute": 0,
+            "swap": 0,
+            "tokens_invalidated": 0,
+            "swap_out_tokens": 0,
+            "swap_in_tokens": 0,
+            "recomputed_tokens_dropped": 0,
+            "steps": 0,
+        }
+
+    # ---- requests ---------------------------------------------------------------
+    def get(self, rid: str) -> Stream:
+        try:
+            return self.streams[rid]
+        except KeyError:
+            raise UnknownStream(rid) from None
+
+    def open(
+        self,
+        rid: str,
+        mode: Mode,
+        now: float,
+        sampling: SamplingParams | None = None,
+        extra_key: str | None = None,
+    ) -> Stream:
+        if rid in self.streams:
+            raise DuplicateStream(f"{rid}: already open")
+        if mode not in ("append", "update"):
+            raise StreamError(f"{rid}: mode must be append or update, got {mode!r}")
+        self.kv.open(rid, extra_key) if extra_key is not None else self.kv.open(rid)
+        s = Stream(rid, mode, self._seq, now, sampling or SamplingParams())
+        self._seq += 1
+        self.streams[rid] = s
+        return s
+
+    def add_chunk(
+        self, rid: str, token_ids: list[int] | tuple[int, ...], final: bool, now: float,
+        index: int | None = None,
+    ) -> ChunkResult:
+        """Append (extend) or update (replace) the input. Raises ``StreamError``."""
+        s = self.get(rid)
+        s.check_chunk(now, index)
+        if final and s.mode == "update" and not token_ids:
+            raise StreamError(f"{rid}: empty final input")
+        if s.mode == "append":
+            if final and not token_ids and not s.input_ids:
+                raise StreamError(f"{rid}: empty final input")
+            s.input_ids.extend(token_ids)
+            result = ChunkResult(s.computed, 0, s.in_flight)
+        elif s.in_flight:  # cut after the running step commits: count it against that
+            new = list(token_ids)
+            after = s.computed + self._inflight_tokens(rid)
+            lcp = common_prefix(s.input_ids, new, limit=after)
+            s.input_ids = new
+            s.pending_input = new
+            result = ChunkResult(lcp, after - lcp, True)
+        else:
+            new = list(token_ids)
+            before = s.computed
+            s.input_ids = new
+            self._truncate(s)
+            result = ChunkResult(s.computed, before - s.computed, False)
+        s.note_chunk(now, final)
+        if not s.in_flight:
+            self._ensure_sampleable(s)
+        return result
+
+    def abort(self, rid: str) -> list[Event]:
+        """Drop a request; its KV is freed (at once, or when its running step commits)."""
+        s = self.get(rid)
+        if s.in_flight:
+            s.abort_pending = True
+            return []
+        return [self._close(s, aborted=True, now=s.last_chunk_s or s.opened_s)]
+
+    # ---- the step --------------------------------------------------------------
+    def schedule(self, now: float) -> StepPlan:
+        """Plan, then acquire KV for the plan (preempting as needed)."""
+        if self._inflight is not None:
+            raise StreamError("schedule() called before finish_step() of the previous plan")
+        plan = StepPlan(formed_s=now)
+        key = self.policy.key
+        order = sorted(
+            (s for s in self.streams.values() if not s.abort_pending), key=lambda s: key(s, now)
+        )
+        chosen = self.plan(order)
+        if chosen:
+            self._acquire(order, chosen, plan, now)
+        if plan.items:
+            self._inflight = plan
+            self.stats["steps"] += 1
+        return plan
+
+    def plan(self, order: list[Stream]) -> list[tuple[Stream, int]]:
+        """Phase 1, no mutation: which streams run and how many tokens each."""
+        budget = self.token_budget
+        max_items = self.max_batch or 1 << 30
+        page = self.page
+        out: list[tuple[Stream, int]] = []
+        need = 0
+        for s in order:  # fast path: the token budget binds before memory does
+            if budget <= 0 or len(out) >= max_items:
+                break
+            p = s.pending
+            if p > 0:
+                n = p if p < budget else budget
+                out.append((s, n))
+                budget -= n
+                need += n + s.swapped_tokens + page
+        if need <= self.kv.available():
+            return out
+        return self._plan_with_memory(order)
+
+    def _plan_with_memory(self, order: list[Stream]) -> list[tuple[Stream, int]]:
+        held = [self.kv.held_tokens(s.rid) if s.computed else 0 for s in order]
+        mem = self.kv.available() + sum(held)
+        budget = self.token_budget
+        max_items = self.max_batch or 1 << 30
+        page = self.page
+        out: list[tuple[Stream, int]] = []
+        for s, h in zip(order, held, strict=True):
+            mem -= h  # ranked at or above the next candidates: not preemptible for them
+            if budget <= 0 or len(out) >= max_items:
+                break
+            p = s.pending
+            if p <= 0:
+                continue
+            room = mem - s.swapped_tokens - page
+            n = min(p, budget, room)
+            if n <= 0:
+                continue
+            out.append((s, n))
+            budget -= n
+            mem -= n + s.swapped_tokens + page
+        return out
+
+    def _acquire(
+        self, order: list[Stream], chosen: list[tuple[Stream, int]], plan: StepPlan, now: float
+    ) -> None:
+        """Phase 2: make chosen streams resident and reserve their slots, in order."""
+        planned = {id(s) for s, _ in chosen}
+        victims = [s for s in reversed(order) if id(s) not in planned]
+        vkey = self.policy.victim_key
+        if victims and vkey(victims[0], now) is not None:
+            victims.sort(key=lambda s: vkey(s, now))
+        rank = {id(s): i for i, s in enumerate(order)}
+        vi = 0
+
+        def preempt_one(for_s: Stream, n: int) -> bool:
+            nonlocal vi
+            r = rank[id(for_s)]
+            while vi < len(victims):
+                v = victims[vi]
+                vi += 1
+                if v.in_flight or v.preempted or rank[id(v)] < r or not v.computed:
+                    continue
+                held = self.kv.held_tokens(v.rid)
+                if held <= 0:
+                    continue
+                self._preempt(v, self.rule.choose(held, n), plan)
+                return True
+            return False
+
+        for s, n in chosen:
+            if s.preempted is not None:
+                if not self._resume(s, n, plan, preempt_one):
+                    continue
+                n = min(n, s.pending)
+                if n <= 0:
+                    continue
+            slots = self.kv.reserve(s.rid, n)
+            while slots is None and preempt_one(s, n):
+                slots = self.kv.reserve(s.rid, n)
+            if slots is None:  # shrink to what fits (a partial chunk of prefill)
+                fit = (self.kv.available() // self.page) * self.page - self.page
+                if fit <= 0:
+                    continue
+                n = min(n, fit)
+                slots = self.kv.reserve(s.rid, n)
+                if slots is None:
+                    continue
+            start = s.computed
+            decode = bool(s.outputs) and n == 1 and start == s.seq_len - 1
+            plan.items.append(
+                PlanItem(
+                    rid=s.rid,
+                    start=start,
+                    token_ids=s.tokens(start, n),
+                    sample=s.final and start + n == s.seq_len,
+                    new_slots=slots,
+                    decode=decode,
+                )
+            )
+            s.in_flight = True
+            s.last_sched_s = now
+
+    def finish_step(self, plan: StepPlan, sampled: dict[str, int], now: float) -> list[Event]:
+        """Commit a computed plan; ``sampled`` has one token per item with ``sample``."""
+        if plan is not self._inflight:
+            raise StreamError("finish_step() for a plan that is not the running one")
+        self._inflight = None
+        events: list[Event] = []
+        for it in plan.items:
+            s = self.streams[it.rid]
+            self.kv.commit(it.rid, it.token_ids)
+            s.in_flight = False
+            s.computed = self.kv.computed(it.rid)
+            if s.pending_input is not None:
+                s.pending_input = None
+                self._truncate(s)
+            if s.abort_pending:
+                events.append(self._close(s, aborted=True, now=now))
+                continue
+            if it.sample:
+                try:
+                    tok = int(sampled[it.rid])
+                except KeyError:
+                    raise StreamError(f"{it.rid}: no sampled token for a sample item") from None
+                s.outputs.append(tok)
+                if s.first_token_s is None:
+                    s.first_token_s = now
+                    events.append(Event("first_token", s.rid, now, tok))
+                else:
+                    events.append(Event("token", s.rid, now, tok))
+                if len(s.outputs) >= s.sampling.max_new_tokens or s.sampling.is_eos(tok):
+                    events.append(self._close(s, aborted=False, now=now))
+                    continue
+            self._ensure_sampleable(s)
+        return events
+
+    # ---- helpers ------------------------------------------------------------------
+    def _inflight_tokens(self, rid: str) -> int:
+        assert self._inflight is not None
+        for it in self._inflight.items:
+            if it.rid == rid:
+                return it.num_tokens
+        return 0
+
+    def _truncate(self, s: Stream) -> None:
+        """Cut the KV to the LCP of what is computed and the new input."""
+        before = s.computed
+        self.kv.truncate(s.rid, s.input_ids)
+        s.computed = self.kv.computed(s.rid)
+        lost = before - s.computed
+        if lost > 0:
+            s.tokens_invalidated += lost
+            self.stats["tokens_invalidated"] += lost
+            if s.preempted == "swap":  # the KV manager drops a swapped copy on a cut
+                s.preempted, s.swapped_tokens = "recompute", 0
+
+    def _ensure_sampleable(self, s: Stream) -> None:
+        """A final input fully cached (identical update, prefix hit) still needs one
+        token computed to sample from: recompute the last input token."""
+        if s.final and not s.outputs and s.pending <= 0 and s.input_ids:
+            self.kv.truncate(s.rid, s.input_ids[:-1])
+            s.computed = self.kv.computed(s.rid)
+
+    def _preempt(self, v: Stream, kind: str, plan: StepPlan) -> None:
+        before = v.computed
+        res = self.kv.preempt(v.rid, kind)
+        kind = getattr(res, "mode", kind)
+        v.computed = self.kv.computed(v.rid)
+        if kind == "swap" and res.swapped > 0:
+            v.preempted, v.swapped_tokens = "swap", int(res.swapped)
+            self.stats["swap_out_tokens"] += v.swapped_tokens
+            tokens = v.swapped_tokens
+        else:
+            kind = "recompute"
+            v.preempted, v.swapped_tokens = "recompute", 0
+            tokens = before - v.computed
+            self.stats["recomputed_tokens_dropped"] += tokens
+        v.preemptions += 1
+        self.stats[kind] += 1
+        plan.preempted.append(Preemption(v.rid, kind, tokens, int(res.freed)))  # type: ignore[arg-type]
+
+    def _resume(self, s: Stream, n: int, plan: StepPlan, preempt_one: Any) -> bool:
+        ok = self.kv.resume(s.rid)
+        while not ok and preempt_one(s, n):
+            ok = self.kv.resume(s.rid)
+        if not ok:
+            return False
+        if s.swapped_tokens:
+            plan.swapped_in.append((s.rid, s.swapped_tokens))
+            self.stats["swap_in_tokens"] += s.swapped_tokens
+        s.preempted, s.swapped_tokens = None, 0
+        s.computed = self.kv.computed(s.rid)
+        self._ensure_sampleable(s)
+        return True
+
+    def _close(self, s: Stream, aborted: bool, now: float) -> Event:
+        from scheduler.stream import StreamState
+
+        self.kv.close(s.rid, keep_cache=not aborted)
+        s.terminal = StreamState.ABORTED if aborted else StreamState.FINISHED
+        s.done_s = now
+        del self.streams[s.rid]
+        return Event("aborted" if aborted else "finished", s.rid, now)
+
+    # ---- introspection ------------------------------------------------------------
+    def live(self) -> int:
+        return len(self.streams)
+
+    def has_work(self) -> bool:
+        return any(s.pending > 0 and not s.abort_pending for s in self.streams.values())
