@@ -159,11 +159,12 @@ class HnswIndex:
         ef: int | None = None,
         filter: Callable[[int], bool] | None = None,
     ) -> list[Hit]:
-        """Approximate top-k (best first) with search breadth ``ef`` (default 2k)."""
+        """Approximate top-k (best first) with search breadth ``ef`` (default max(k, 64):
+        a tiny ef strands greedy search in whichever cluster it enters first)."""
         k = min(k, len(self))
         if k <= 0:
             return []
-        self.hnsw.set_ef(max(ef or 2 * k, k))
+        self.hnsw.set_ef(max(ef or 64, k))
         try:
             labels, dists = self.hnsw.knn_query(qvec.reshape(1, -1), k=k, num_threads=1,
                                                 filter=filter)

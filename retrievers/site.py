@@ -14,6 +14,7 @@ from __future__ import annotations
 import html
 import math
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -127,6 +128,16 @@ class _Handler(SimpleHTTPRequestHandler):
         super().do_GET()
 
 
+class _QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        """A crawler that stops early drops connections mid-response; that is normal."""
+        exc = sys.exc_info()[1]
+        if not isinstance(exc, ConnectionError):
+            super().handle_error(request, client_address)  # type: ignore[arg-type]
+
+
 @contextmanager
 def serve_site(root: str | Path | None = None, *, slow_s: float = 1.0) -> Iterator[str]:
     """Serve ``root`` (default: a freshly generated site in a temp dir) on
@@ -138,8 +149,7 @@ def serve_site(root: str | Path | None = None, *, slow_s: float = 1.0) -> Iterat
         generate_site(tmp.name)
         root = tmp.name
     handler = type("SiteHandler", (_Handler,), {"slow_s": slow_s})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(handler, directory=str(root)))
-    server.daemon_threads = True
+    server = _QuietServer(("127.0.0.1", 0), partial(handler, directory=str(root)))
     thread = threading.Thread(target=server.serve_forever, name="s2l-site", daemon=True)
     thread.start()
     try:

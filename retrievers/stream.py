@@ -18,13 +18,16 @@ offset from the start, giving a :class:`scheduler.trace.Query` that replays in
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import aclosing
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from retrievers.crawler import CrawlStats, Page, crawl
 from retrievers.progressive import DEFAULT_TEMPLATE, Version, progressive_search
 from scheduler.trace import Chunk, Mode, Query
+
+if TYPE_CHECKING:
+    from retrievers.hnsw import HnswIndex
 
 ChunkStream = AsyncIterator[tuple[str, bool]]
 
@@ -56,7 +59,7 @@ async def crawl_chunks(
     question: str,
     *,
     template: str = DEFAULT_TEMPLATE,
-    on_page: Any = None,
+    on_page: Callable[[Page], object] | None = None,
     **crawl_kw: Any,
 ) -> ChunkStream:
     """Crawl and yield append chunks; ``on_page(page)`` sees each page (CLI printing,
@@ -80,8 +83,13 @@ async def versions_to_chunks(versions: AsyncIterator[Version]) -> ChunkStream:
         yield v.text, v.final
 
 
-async def search_chunks(index: Any, question: str, *, on_version: Any = None,
-                        **search_kw: Any) -> ChunkStream:
+async def search_chunks(
+    index: HnswIndex,
+    question: str,
+    *,
+    on_version: Callable[[Version], object] | None = None,
+    **search_kw: Any,
+) -> ChunkStream:
     """Progressive search as update chunks; ``search_kw`` go to
     :func:`retrievers.progressive.progressive_search`."""
     async with aclosing(progressive_search(index, question, **search_kw)) as vs:
@@ -119,12 +127,19 @@ async def crawl_to_query(
     arrival_s: float = 0.0,
     max_new_tokens: int = 64,
     stats: CrawlStats | None = None,
+    on_page: Callable[[Page], object] | None = None,
     **crawl_kw: Any,
 ) -> Query:
     """Run a crawl and record it as an append-mode trace query."""
     pages: list[Page] = []
     st = stats if stats is not None else CrawlStats()
-    chunks = crawl_chunks(seeds, question, on_page=pages.append, stats=st, **crawl_kw)
+
+    def seen(page: Page) -> None:
+        pages.append(page)
+        if on_page is not None:
+            on_page(page)
+
+    chunks = crawl_chunks(seeds, question, on_page=seen, stats=st, **crawl_kw)
     q = await record(chunks, qid, "append", arrival_s=arrival_s, max_new_tokens=max_new_tokens)
     meta: dict[str, object] = {
         "retriever": "crawler", "question": question,
@@ -136,17 +151,24 @@ async def crawl_to_query(
 
 
 async def search_to_query(
-    index: Any,
+    index: HnswIndex,
     question: str,
     *,
     qid: str = "search-0",
     arrival_s: float = 0.0,
     max_new_tokens: int = 64,
+    on_version: Callable[[Version], object] | None = None,
     **search_kw: Any,
 ) -> Query:
     """Run a progressive search and record it as an update-mode trace query."""
     versions: list[Version] = []
-    chunks = search_chunks(index, question, on_version=versions.append, **search_kw)
+
+    def seen(v: Version) -> None:
+        versions.append(v)
+        if on_version is not None:
+            on_version(v)
+
+    chunks = search_chunks(index, question, on_version=seen, **search_kw)
     q = await record(chunks, qid, "update", arrival_s=arrival_s, max_new_tokens=max_new_tokens)
     meta: dict[str, object] = {
         "retriever": "hnsw", "question": question,
