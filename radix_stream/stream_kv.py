@@ -182,7 +182,7 @@ class StreamKVCache:
         length (``keep``, or its page floor when the partial page is shared)."""
         aligned = self._floor(keep)
         target = self.tree.node_at_depth(s.node, aligned)
-        chain = self.tree.exclusive_chain(s.node, own_locks=1 if s.pinned else 0)
+        chain = self.tree.exclusive_chain(s.node, own_locks=1)
         if target in chain:  # everything below the cut is ours alone
             chain, whole = chain[: chain.index(target)], True
         else:
@@ -367,7 +367,7 @@ class StreamKVCache:
             del s.tokens[s.tree_len :]
             s.private = self._empty
             self.tree.dec_lock_ref(s.node)
-            s.pinned = False
+            s.node, s.pinned = self.tree.root_node, False  # its nodes may be evicted
 
     def preempt(self, rid: str, mode: PreemptMode) -> PreemptResult:
         """Free the stream's exclusive KV now. ``swap`` copies it to the host
@@ -469,8 +469,8 @@ class StreamKVCache:
         assert len(everything) == self.capacity, (len(everything), self.capacity)
         for s in self._streams.values():
             assert len(s.private) % self.page_size == 0
-            assert s.tree_len == self.tree.depth(s.node)
             if s.pinned:
+                assert s.tree_len == self.tree.depth(s.node)
                 assert s.node is self.tree.root_node or s.node.lock_ref >= 1
                 path = self.tree.path_nodes(s.node)
                 ids = array("q")

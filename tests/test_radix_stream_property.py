@@ -60,7 +60,7 @@ class StreamingKVMachine(RuleBasedStateMachine):
         new = build(docs)
         old_tokens = self.kv.token_ids(rid)
         lcp = next(
-            (i for i, (a, b) in enumerate(zip(old_tokens, new)) if a != b),
+            (i for i, (a, b) in enumerate(zip(old_tokens, new, strict=False)) if a != b),
             min(len(old_tokens), len(new)),
         )
         exact = self.kv.is_resident(rid)  # no swapped KV to drop
