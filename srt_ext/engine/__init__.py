@@ -1,6 +1,25 @@
-"""The reference engine: a PyTorch Llama forward over SGLang's KV pool (issue 4)."""
+"""The reference engine: a PyTorch Llama forward over SGLang's KV pool (issue 4).
 
-from srt_ext.engine.reference import ForwardItem, ProfilePoint, ReferenceEngine
-from srt_ext.engine.tiny_model import ensure_tiny_model
+Names are imported lazily so that ``srt_ext.engine.tiny_model`` (and the CLI's
+help) do not pay for importing SGLang.
+"""
 
-__all__ = ["ForwardItem", "ProfilePoint", "ReferenceEngine", "ensure_tiny_model"]
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+_EXPORTS = {
+    "ForwardItem": "srt_ext.engine.reference",
+    "ProfilePoint": "srt_ext.engine.reference",
+    "ReferenceEngine": "srt_ext.engine.reference",
+    "KVMover": "srt_ext.engine.kv",
+    "ensure_tiny_model": "srt_ext.engine.tiny_model",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
