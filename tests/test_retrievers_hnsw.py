@@ -189,3 +189,11 @@ def test_cli_index_build_and_query(tmp_path, capsys):
     assert len(list(read_trace(tmp_path / "q.jsonl"))) == 1
     assert main(["index", "query", "--index", str(tmp_path / "nope"), "--question", "x"]) == 2
     assert main(["index", "build", "--corpus", str(tmp_path / "nope"), "--out", "x"]) == 2
+
+
+def test_embedding_relevance_scorer(index):
+    from retrievers.relevance import embedding_score
+
+    good = embedding_score(QUESTIONS[0], ["The with statement calls __enter__, then __exit__."])
+    bad = embedding_score(QUESTIONS[0], ["Tomatoes need sun and steady watering."])
+    assert good > 0.3 > bad
