@@ -24,14 +24,15 @@ from array import array
 from collections.abc import Callable
 from typing import Any
 
+import radix_stream._sglang  # noqa: F401  (makes sglang importable)
+
 import orjson
 import torch
-
-import radix_stream  # noqa: F401  (sglang import shim)
-from radix_stream import StreamKVCache
-from radix_stream.tree import RadixCache
 from sglang.srt.mem_cache.base_prefix_cache import InsertParams, MatchPrefixParams
 from sglang.srt.mem_cache.radix_cache import RadixKey
+
+from radix_stream import StreamKVCache
+from radix_stream.tree import RadixCache
 
 REQ = 1024
 CHUNK = 64

@@ -27,7 +27,8 @@ def build_streaming_tree(ctx: Any) -> Any:
 
 def register() -> None:
     """Entry point: make ``--radix-cache-backend stream2llm`` available."""
-    import radix_stream  # noqa: F401  (sglang import shim first)
+    import radix_stream._sglang  # noqa: F401  (makes sglang importable)
+
     from sglang.srt.mem_cache.registry import (
         register_radix_cache_backend,
         registered_radix_cache_backends,

@@ -7,9 +7,9 @@ import re
 import tomllib
 from pathlib import Path
 
-import pytest
-
 import radix_stream._sglang as shim
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
