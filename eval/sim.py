@@ -28,7 +28,7 @@ from typing import Any
 from scheduler.core import Scheduler
 from scheduler.cost_model import CostModel
 from scheduler.policies import get_policy
-from scheduler.stream import SamplingParams
+from scheduler.stream import InputTooLong, SamplingParams
 from scheduler.trace import Chunk, Query
 
 _CHUNK, _STEP = 0, 1
@@ -74,6 +74,7 @@ class SimResult:
     steps: int = 0
     busy_s: float = 0.0
     unfinished: int = 0
+    rejected: int = 0  # inputs larger than the KV pool
     stats: dict[str, int] = field(default_factory=dict)
     decision_s: float = 0.0  # wall time spent inside schedule()
 
@@ -83,6 +84,13 @@ def non_streaming(q: Query) -> Query:
     last = q.chunks[-1]
     whole = Chunk(t_s=last.t_s, token_ids=q.final_token_ids(), final=True)
     return Query(q.qid, q.arrival_s, "append", (whole,), q.max_new_tokens, q.meta)
+
+
+def stretch_first(q: Query, m: float) -> Query:
+    """Multiply the first chunk's offset by ``m`` too (all later chunks shift with it)."""
+    shift = q.chunks[0].t_s * (m - 1.0)
+    chunks = tuple(Chunk(c.t_s + shift, c.token_ids, c.text, c.final) for c in q.chunks)
+    return Query(q.qid, q.arrival_s, q.mode, chunks, q.max_new_tokens, q.meta)
 
 
 def simulate(
@@ -131,7 +139,12 @@ def simulate(
             c = q.chunks[j]
             if j == 0:
                 sched.open(q.qid, q.mode, now, SamplingParams(max_new_tokens=q.max_new_tokens))
-            sched.add_chunk(q.qid, c.token_ids or (), c.final, now, index=j)
+            try:
+                sched.add_chunk(q.qid, c.token_ids or (), c.final, now, index=j)
+            except InputTooLong:  # never fits the pool: rejected, like a real server
+                sched.abort(q.qid)
+                res.rejected += 1
+                continue
             if j + 1 < len(q.chunks):
                 heapq.heappush(heap, (q.arrival_s + q.chunks[j + 1].t_s, order, _CHUNK, i, j + 1))
                 order += 1
@@ -165,7 +178,7 @@ def simulate(
     if bar is not None:
         bar.close()
     res.completion_time_s = last_finish - min((q.arrival_s for q in qs), default=0.0)
-    res.unfinished = len(qs) - done
+    res.unfinished = len(qs) - done - res.rejected
     res.preemptions = {"recompute": sched.stats["recompute"], "swap": sched.stats["swap"]}
     res.tokens_invalidated = sched.stats["tokens_invalidated"]
     res.steps = sched.stats["steps"]
@@ -190,6 +203,7 @@ def row(res: SimResult) -> dict[str, object]:
     out["artifact_cost_rule"] = res.config.artifact_cost_rule
     out["steps"] = res.steps
     out["unfinished"] = res.unfinished
+    out["rejected"] = res.rejected
     out["engine_busy_s"] = round(res.busy_s, 3)
     out["swap_tokens"] = {
         "out": res.stats.get("swap_out_tokens", 0), "in": res.stats.get("swap_in_tokens", 0)

@@ -24,6 +24,7 @@ from scheduler.preemption import PreemptionMode, PreemptionRule
 from scheduler.stream import (
     ChunkResult,
     DuplicateStream,
+    InputTooLong,
     Mode,
     SamplingParams,
     Stream,
@@ -118,6 +119,9 @@ class Scheduler:
             self._truncate(s)
             result = ChunkResult(s.computed, before - s.computed, False)
         s.note_chunk(now, final)
+        limit = self.kv.capacity - 2 * self.page
+        if len(s.input_ids) + s.sampling.max_new_tokens > limit:
+            raise InputTooLong(f"{rid}: {len(s.input_ids)} input tokens exceed the KV pool")
         if not s.in_flight:
             self._ensure_sampleable(s)
         return result
@@ -253,6 +257,8 @@ class Scheduler:
 
     def finish_step(self, plan: StepPlan, sampled: dict[str, int], now: float) -> list[Event]:
         """Commit a computed plan; ``sampled`` has one token per item with ``sample``."""
+        if not plan.items and plan is not self._inflight:
+            return []  # an empty plan was never in flight
         if plan is not self._inflight:
             raise StreamError("finish_step() for a plan that is not the running one")
         self._inflight = None

@@ -55,6 +55,10 @@ class OutOfOrderChunk(StreamError):
     """A chunk whose index or timestamp goes backwards."""
 
 
+class InputTooLong(StreamError):
+    """The input (plus outputs) can never fit the KV pool: the caller must abort."""
+
+
 @dataclass(frozen=True, slots=True)
 class SamplingParams:
     """How many tokens to produce and when to stop early."""
