@@ -1,0 +1,131 @@
+"""Request bodies of the REST API (pydantic: wrong types are a 422 with the field).
+
+Our own stream endpoints forbid unknown fields (a typo like ``"finale"`` must
+not be silently ignored); the SGLang- and OpenAI-compatible endpoints ignore
+them, because existing clients (``sglang.bench_serving``, OpenAI SDKs) send
+fields we do not use.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from srt_ext.messages import SamplingSpec
+
+
+class SamplingParamsModel(BaseModel):
+    """SGLang's sampling_params subset the reference engine honours."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    max_new_tokens: int = Field(16, ge=1)
+    temperature: float = Field(0.0, ge=0.0, allow_inf_nan=False)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    top_k: int = Field(-1, ge=-1)  # -1 or 0 = off (SGLang uses -1)
+    seed: int | None = Field(None, ge=0, lt=2**31)
+    stop: str | list[str] | None = None
+    stop_token_ids: list[int] | None = None
+    ignore_eos: bool = False
+
+    def spec(self) -> SamplingSpec:
+        return SamplingSpec(
+            max_new_tokens=self.max_new_tokens,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=max(self.top_k, 0),
+            seed=self.seed,
+            ignore_eos=self.ignore_eos,
+            stop_token_ids=[t for t in self.stop_token_ids or [] if t >= 0],
+        )
+
+    def stop_strings(self) -> list[str]:
+        if self.stop is None:
+            return []
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+
+class _Input(BaseModel):
+    """Exactly one of text / input_ids (both absent = an empty chunk)."""
+
+    text: str | None = None
+    input_ids: list[int] | None = None
+
+    @model_validator(mode="after")
+    def _one_input(self) -> _Input:
+        if self.text is not None and self.input_ids is not None:
+            raise ValueError("give either text or input_ids, not both")
+        if self.input_ids is not None and any(t < 0 for t in self.input_ids):
+            raise ValueError("input_ids must be non-negative")
+        return self
+
+
+class OpenStreamRequest(_Input):
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["append", "update"] = "append"
+    sampling_params: SamplingParamsModel = Field(default_factory=SamplingParamsModel)
+    final: bool = False
+    rid: str | None = Field(None, min_length=1, max_length=128)
+
+
+class ChunkRequest(_Input):
+    model_config = ConfigDict(extra="forbid")
+
+    final: bool = False
+
+
+class GenerateRequest(_Input):
+    """SGLang's /generate body (one prompt; batches are not supported)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    sampling_params: SamplingParamsModel = Field(default_factory=SamplingParamsModel)
+    stream: bool = False
+    rid: str | None = None
+
+
+class CompletionRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = None
+    prompt: str | list[int] | list[str]
+    max_tokens: int = Field(16, ge=1)
+    temperature: float = Field(1.0, ge=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    top_k: int = -1
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    stream: bool = False
+    n: int = Field(1, ge=1, le=1)
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    role: str
+    content: str | list[dict[str, Any]] | None = None
+
+
+class ChatCompletionRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = None
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    temperature: float = Field(1.0, ge=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    top_k: int = -1
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    stream: bool = False
+    n: int = Field(1, ge=1, le=1)
+
+
+def openai_sampling(req: CompletionRequest | ChatCompletionRequest, max_tokens: int) -> SamplingParamsModel:
+    return SamplingParamsModel(
+        max_new_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p,
+        top_k=req.top_k, seed=req.seed, stop=req.stop,
+    )  # fmt: skip

@@ -1,0 +1,70 @@
+"""`stream2llm serve`: one process group (API room + worker) doing prefill and decode."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Any
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("serve", help="run the REST API server (streams, /generate, OpenAI)")
+    p.add_argument("--model-path", default=None,
+                   help="Llama-architecture HF checkpoint dir (default: the embedded tiny model)")
+    p.add_argument("--engine", choices=("reference", "sglang"), default="reference")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=30000)
+    p.add_argument("--max-total-tokens", type=int, default=16384, help="KV pool size in tokens")
+    p.add_argument("--scheduler", default="fcfs", help="policy name (fcfs, lcas, mcps, ours, default)")
+    p.add_argument("--preemption", choices=("cost", "recompute", "swap"), default="cost")
+    p.add_argument("--cost-model", default=None, help="profile NAME or FILE (default cpu-reference)")
+    p.add_argument("--token-budget", type=int, default=512, help="max new tokens per step")
+    p.add_argument("--api-key", default=None, help="require Authorization: Bearer KEY")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--threads", type=int, default=0, help="torch threads in the worker (0: default)")
+    p.add_argument("--log-level", default="info")
+    p.set_defaults(func=run)
+    return p
+
+
+def check_args(args: argparse.Namespace) -> str | None:
+    """Why these options cannot run here (None when they can)."""
+    if args.engine == "sglang":
+        return ("--engine sglang runs SGLang's own model runner and needs a CUDA GPU and the GPU "
+                "install (pip install 'stream2llm[gpu]'); this build is CPU-only. "
+                "Use --engine reference.")  # fmt: skip
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            return "--device cuda: no CUDA device is visible"
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not args.api_key:
+        logging.getLogger("stream2llm.server").warning(
+            "serving on %s without --api-key: anyone who can reach it can use it", args.host
+        )
+    from scheduler.policies import get_policy
+
+    try:
+        get_policy(args.scheduler)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def run(args: argparse.Namespace) -> int:
+    err = check_args(args)
+    if err:
+        print(f"stream2llm serve: {err}", file=sys.stderr)
+        return 2
+    import uvicorn
+
+    from srt_ext.server import ServerOptions, create_app
+
+    opts = ServerOptions(
+        model_path=args.model_path, device=args.device, max_total_tokens=args.max_total_tokens,
+        scheduler=args.scheduler, preemption=args.preemption, cost_model=args.cost_model,
+        token_budget=args.token_budget, api_key=args.api_key, threads=args.threads,
+    )  # fmt: skip
+    uvicorn.run(create_app(opts), host=args.host, port=args.port, log_level=args.log_level)
+    return 0

@@ -1,0 +1,182 @@
+"""The API room: FastAPI app with the stream, SGLang-native and admin routes.
+
+Routes are thin: parse (pydantic), call ``Service``, shape JSON (orjson). The
+worker process is started in the app's lifespan and stopped with it, so one
+``uvicorn`` run is one complete server. OpenAI-compatible routes live in
+``openai_api.py``. See docs/api.md for the reference.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from srt_ext.api_models import ChunkRequest, GenerateRequest, OpenStreamRequest
+from srt_ext.metrics import Metrics
+from srt_ext.runtime import WorkerError, WorkerLink
+from srt_ext.service import Service
+from srt_ext.tokenizer_room import TokenizerRoom
+from srt_ext.worker import WorkerConfig, start_worker
+
+
+class ORJSONResponse(JSONResponse):
+    """JSON rendered by orjson (FastAPI's own ORJSONResponse is deprecated and warns)."""
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content, option=orjson.OPT_NON_STR_KEYS)
+
+
+@dataclass
+class ServerOptions:
+    model_path: str | None = None
+    device: str = "cpu"
+    max_total_tokens: int = 16384
+    scheduler: str = "fcfs"
+    preemption: str = "cost"
+    cost_model: str | None = None
+    token_budget: int = 512
+    max_batch: int | None = None
+    host_capacity_tokens: int | None = None
+    api_key: str | None = None
+    threads: int = 0
+    start_method: str = "forkserver"
+    health_timeout: float = 10.0
+    ready_timeout: float = 600.0
+
+    def worker_config(self, in_addr: str, out_addr: str, model_path: str) -> WorkerConfig:
+        return WorkerConfig(
+            in_addr, out_addr, model_path, self.device, self.max_total_tokens,
+            self.host_capacity_tokens, self.scheduler, self.preemption, self.cost_model,
+            self.token_budget, self.max_batch, self.threads,
+        )  # fmt: skip
+
+
+def resolve_model_path(path: str | None) -> str:
+    if path:
+        return path
+    from srt_ext.engine.tiny_model import ensure_tiny_model
+
+    return str(ensure_tiny_model())
+
+
+def _error(status: int, reason: str, **extra: Any) -> ORJSONResponse:
+    return ORJSONResponse({"error": reason, **extra}, status_code=status)
+
+
+def create_app(opts: ServerOptions, start_proc: Callable[[str, str], Any] | None = None) -> FastAPI:
+    """The whole server; ``start_proc(in_addr, out_addr)`` may replace the worker launcher."""
+    model_path = resolve_model_path(opts.model_path)
+
+    def launch(in_addr: str, out_addr: str) -> Any:
+        return start_worker(opts.worker_config(in_addr, out_addr, model_path), opts.start_method)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        link = WorkerLink(start_proc or launch)
+        app.state.svc = Service(link, TokenizerRoom(model_path), Metrics(), opts.health_timeout)
+        try:
+            await link.start(opts.ready_timeout)
+            yield
+        finally:
+            await link.close()
+
+    app = FastAPI(title="stream2llm", default_response_class=ORJSONResponse, lifespan=lifespan)
+    app.state.opts = opts
+
+    @app.exception_handler(WorkerError)
+    async def _worker_error(_: Request, exc: WorkerError) -> ORJSONResponse:
+        return _error(exc.status, exc.reason)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> ORJSONResponse:
+        errs = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", "")} for e in exc.errors()]
+        reason = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errs)
+        return _error(422, reason or "invalid request", detail=errs)
+
+    if opts.api_key:
+        key = f"Bearer {opts.api_key}".encode()
+
+        @app.middleware("http")
+        async def _auth(request: Request, call_next: Any) -> Response:
+            if request.url.path != "/health":
+                got = request.headers.get("authorization", "").encode()
+                if not hmac.compare_digest(got, key):
+                    return _error(401, "missing or wrong API key (Authorization: Bearer KEY)")
+            return await call_next(request)
+
+    def svc(request: Request) -> Service:
+        return request.app.state.svc
+
+    # ---- streams ------------------------------------------------------------------
+    @app.post("/v1/streams", status_code=201)
+    async def open_stream(body: OpenStreamRequest, request: Request) -> dict[str, Any]:
+        rid, ack = await svc(request).open_stream(body)
+        return {"rid": rid, "input_tokens": ack.input_tokens, "cached_tokens": ack.cached_tokens,
+                "invalidated_tokens": ack.invalidated_tokens}  # fmt: skip
+
+    @app.post("/v1/streams/{rid}/chunks")
+    async def add_chunk(rid: str, body: ChunkRequest, request: Request) -> dict[str, Any]:
+        ack = await svc(request).add_chunk(rid, body)
+        return {"rid": rid, "input_tokens": ack.input_tokens, "cached_tokens": ack.cached_tokens,
+                "invalidated_tokens": ack.invalidated_tokens}  # fmt: skip
+
+    @app.get("/v1/streams/{rid}/result", response_model=None)
+    async def result(rid: str, request: Request, stream: bool = False) -> Any:
+        s = svc(request)
+        st = s.get(rid)
+        if stream:
+            return StreamingResponse(s.sse(st), media_type="text/event-stream")
+        return s.result(await s.wait_done(st))
+
+    @app.delete("/v1/streams/{rid}")
+    async def abort(rid: str, request: Request) -> dict[str, Any]:
+        ack = await svc(request).abort(rid)
+        return {"rid": rid, "aborted": True, "input_tokens": ack.input_tokens}
+
+    # ---- SGLang-native ----------------------------------------------------------------
+    @app.post("/generate", response_model=None)
+    async def generate(body: GenerateRequest, request: Request) -> Any:
+        s = svc(request)
+        st = await s.generate_req(body)
+        if body.stream:
+            return StreamingResponse(s.sse(st, abort_on_disconnect=True),
+                                     media_type="text/event-stream")  # fmt: skip
+        try:
+            await s.wait_done(st)
+        finally:
+            if not st.done:  # the client went away: stop computing for it
+                await s.abort(st.rid)
+        s.link.drop_state(st.rid)
+        return s.result(st)
+
+    # ---- admin -----------------------------------------------------------------------
+    @app.get("/health")
+    async def health(request: Request) -> ORJSONResponse:
+        ok = await svc(request).healthy()
+        return ORJSONResponse({"status": "ok" if ok else "unavailable"}, status_code=200 if ok else 503)
+
+    @app.get("/v1/stats")
+    async def stats(request: Request) -> dict[str, Any]:
+        return await svc(request).stats()
+
+    @app.get("/metrics")
+    async def metrics(request: Request) -> Response:
+        s = svc(request)
+        try:
+            await s.stats()
+        except WorkerError:
+            pass  # still expose what the API room counted itself
+        return Response(s.metrics.exposition(), media_type="text/plain; version=0.0.4")
+
+    from srt_ext.openai_api import add_openai_routes
+
+    add_openai_routes(app, svc, model_name=opts.model_path or "stream2llm-tiny")
+    return app
