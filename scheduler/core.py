@@ -15,6 +15,7 @@ stream ranked below the one being served that holds KV, and retry.
 
 from __future__ import annotations
 
+from time import perf_counter
 from typing import Any
 
 from scheduler.cost_model import CostModel
@@ -56,6 +57,8 @@ class Scheduler:
         self.streams: dict[str, Stream] = {}
         self._seq = 0
         self._inflight: StepPlan | None = None
+        self.last_decision_s = 0.0
+        self._work: dict[str, Stream] = {}  # streams with pending > 0 (kept incrementally)
         self.stats: dict[str, int] = {
             "recompute": 0,
             "swap": 0,
@@ -124,6 +127,7 @@ class Scheduler:
             raise InputTooLong(f"{rid}: {len(s.input_ids)} input tokens exceed the KV pool")
         if not s.in_flight:
             self._ensure_sampleable(s)
+        self._touch(s)
         return result
 
     def abort(self, rid: str) -> list[Event]:
@@ -139,12 +143,18 @@ class Scheduler:
         """Plan, then acquire KV for the plan (preempting as needed)."""
         if self._inflight is not None:
             raise StreamError("schedule() called before finish_step() of the previous plan")
+        t0 = perf_counter()
         plan = StepPlan(formed_s=now)
         key = self.policy.key
-        order = sorted(
-            (s for s in self.streams.values() if not s.abort_pending), key=lambda s: key(s, now)
+        work = sorted(
+            (s for s in self._work.values() if not s.abort_pending), key=lambda s: key(s, now)
         )
-        chosen = self.plan(order)
+        chosen, fits = self._plan_fast(work)
+        order: list[Stream] | None = None
+        if not fits:  # memory binds: rank everyone (lower-ranked holders are preemptible)
+            order = self.full_order(now)
+            chosen = self._plan_with_memory(order)
+        self.last_decision_s = perf_counter() - t0  # policy + plan, without KV allocation
         if chosen:
             self._acquire(order, chosen, plan, now)
         if plan.items:
@@ -152,8 +162,20 @@ class Scheduler:
             self.stats["steps"] += 1
         return plan
 
+    def full_order(self, now: float) -> list[Stream]:
+        key = self.policy.key
+        return sorted(
+            (s for s in self.streams.values() if not s.abort_pending), key=lambda s: key(s, now)
+        )
+
     def plan(self, order: list[Stream]) -> list[tuple[Stream, int]]:
         """Phase 1, no mutation: which streams run and how many tokens each."""
+        chosen, fits = self._plan_fast(order)
+        return chosen if fits else self._plan_with_memory(order)
+
+    def _plan_fast(self, order: list[Stream]) -> tuple[list[tuple[Stream, int]], bool]:
+        """Token budget only; ``fits`` if free + evictable memory covers it (then the
+        memory-aware walk would choose exactly the same)."""
         budget = self.token_budget
         max_items = self.max_batch or 1 << 30
         page = self.page
@@ -168,9 +190,7 @@ class Scheduler:
                 out.append((s, n))
                 budget -= n
                 need += n + s.swapped_tokens + page
-        if need <= self.kv.available():
-            return out
-        return self._plan_with_memory(order)
+        return out, need <= self.kv.available()
 
     def _plan_with_memory(self, order: list[Stream]) -> list[tuple[Stream, int]]:
         held = [self.kv.held_tokens(s.rid) if s.computed else 0 for s in order]
@@ -196,19 +216,25 @@ class Scheduler:
         return out
 
     def _acquire(
-        self, order: list[Stream], chosen: list[tuple[Stream, int]], plan: StepPlan, now: float
+        self, order: list[Stream] | None, chosen: list[tuple[Stream, int]], plan: StepPlan,
+        now: float,
     ) -> None:
         """Phase 2: make chosen streams resident and reserve their slots, in order."""
         planned = {id(s) for s, _ in chosen}
-        victims = [s for s in reversed(order) if id(s) not in planned]
-        vkey = self.policy.victim_key
-        if victims and vkey(victims[0], now) is not None:
-            victims.sort(key=lambda s: vkey(s, now))
-        rank = {id(s): i for i, s in enumerate(order)}
-        vi = 0
+        victims: list[Stream] = []
+        rank: dict[int, int] = {}
+        vi = -1
 
         def preempt_one(for_s: Stream, n: int) -> bool:
-            nonlocal vi
+            nonlocal vi, victims, rank
+            if vi < 0:  # rank everyone only when someone must be evicted
+                full = order if order is not None else self.full_order(now)
+                victims = [s for s in reversed(full) if id(s) not in planned]
+                vkey = self.policy.victim_key
+                if victims and vkey(victims[0], now) is not None:
+                    victims.sort(key=lambda s: vkey(s, now))  # type: ignore[arg-type,return-value]
+                rank = {id(s): i for i, s in enumerate(full)}
+                vi = 0
             r = rank[id(for_s)]
             while vi < len(victims):
                 v = victims[vi]
@@ -254,6 +280,7 @@ class Scheduler:
             )
             s.in_flight = True
             s.last_sched_s = now
+            self._touch(s)
 
     def finish_step(self, plan: StepPlan, sampled: dict[str, int], now: float) -> list[Event]:
         """Commit a computed plan; ``sampled`` has one token per item with ``sample``."""
@@ -289,6 +316,7 @@ class Scheduler:
                     events.append(self._close(s, aborted=False, now=now))
                     continue
             self._ensure_sampleable(s)
+            self._touch(s)
         return events
 
     # ---- helpers ------------------------------------------------------------------
@@ -333,6 +361,7 @@ class Scheduler:
             tokens = before - v.computed
             self.stats["recomputed_tokens_dropped"] += tokens
         v.preemptions += 1
+        self._touch(v)
         self.stats[kind] += 1
         plan.preempted.append(Preemption(v.rid, kind, tokens, int(res.freed)))  # type: ignore[arg-type]
 
@@ -348,6 +377,7 @@ class Scheduler:
         s.preempted, s.swapped_tokens = None, 0
         s.computed = self.kv.computed(s.rid)
         self._ensure_sampleable(s)
+        self._touch(s)
         return True
 
     def _close(self, s: Stream, aborted: bool, now: float) -> Event:
@@ -357,7 +387,15 @@ class Scheduler:
         s.terminal = StreamState.ABORTED if aborted else StreamState.FINISHED
         s.done_s = now
         del self.streams[s.rid]
+        self._work.pop(s.rid, None)
         return Event("aborted" if aborted else "finished", s.rid, now)
+
+    def _touch(self, s: Stream) -> None:
+        """Keep ``_work`` (streams with pending tokens, not in flight) up to date."""
+        if s.pending > 0 and not s.in_flight and s.terminal is None:
+            self._work[s.rid] = s
+        else:
+            self._work.pop(s.rid, None)
 
     # ---- introspection ------------------------------------------------------------
     def live(self) -> int:

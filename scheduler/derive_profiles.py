@@ -62,6 +62,14 @@ HARDWARE = [
         host_latency_s=0.5e-3, tp_link_bytes_s=300e9, step_overhead_s=1.5e-3, **LLAMA3_8B,
     ),
     Hardware(
+        name="h200-tp2-llama3-8b-mfu75",
+        description="SENSITIVITY VARIANT of h200-tp2-llama3-8b: prefill at 75% of the measured "
+        "790 TFLOP/s (about 60% of the 989 TFLOP/s datasheet peak) instead of 50%",
+        tp=2, peak_flops=790e12, efficiency=0.75, hbm_bytes_s=4.3e12, hbm_bytes=141e9,
+        mem_util=0.8, activation_reserve_bytes=4e9, host_link_bytes_s=25e9,
+        host_latency_s=0.5e-3, tp_link_bytes_s=300e9, step_overhead_s=1.5e-3, **LLAMA3_8B,
+    ),
+    Hardware(
         name="cpu-reference",
         description="PLACEHOLDER: 2-core CPU, sub-1B model (Qwen2.5-0.5B-like); replace with "
         "`stream2llm profile` measurements",
