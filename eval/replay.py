@@ -1,0 +1,293 @@
+"""`stream2llm replay`: replay a workload against a live server, streaming vs not.
+
+    stream2llm replay --url http://127.0.0.1:30000 --workload crawler|anns|FILE.jsonl \\
+        --qps 2 --num-queries 8 --time-scale 0.1 --json out.json [--plot DIR]
+
+Each query is replayed twice (one run per mode, baseline first, like `sim`):
+
+* streaming: the stream opens with the first chunk at ``arrival + t0*X`` and
+  every later chunk is sent at its own time scaled by X (append or update);
+* non-streaming: the whole final input is sent once retrieval has ended
+  (``/generate`` for one-token requests, else one final ``/v1/streams`` open).
+
+TTFT is measured by the client from sending the final input to receiving the
+first output token (the paper's definition; the server's own ``meta_info.ttft_s``
+is recorded beside it). The output has `stream2llm sim`'s JSON schema
+(``eval.metrics.result_row``), so a measured run and a simulated one compare
+field by field. Only loopback URLs are accepted, the query count is bounded by
+``--num-queries`` and every request by ``--request-timeout``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("replay", help="replay a workload against a live server (REST)")
+    p.add_argument("--url", required=True, help="server URL (loopback only)")
+    p.add_argument("--workload", required=True, help="crawler | anns | FILE.jsonl")
+    p.add_argument("--qps", type=float, default=1.0)
+    p.add_argument("--num-queries", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--time-scale", type=float, default=1.0, help="multiply every trace time by X")
+    p.add_argument("--max-new-tokens", type=int, default=1)
+    p.add_argument("--concurrency-limit", type=int, default=32, help="queries in flight at once")
+    p.add_argument("--modes", default="non-streaming,streaming")
+    p.add_argument("--request-timeout", type=float, default=300.0, help="seconds per query")
+    p.add_argument("--label", default="streaming", help="name of the streaming row")
+    p.add_argument(
+        "--max-input-words",
+        type=int,
+        default=None,
+        help="cut every input to N words (default: 3/4 of the server's context)",
+    )
+    p.add_argument("--api-key", default=None)
+    p.add_argument("--json", dest="json_out", default=None, help="write results here")
+    p.add_argument("--plot", default=None, help="directory for TTFT CCDF plots")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+    return p
+
+
+@dataclass
+class Outcome:
+    qid: str
+    ttft_s: float | None = None  # final input sent -> first token received
+    ttft_from_arrival_s: float | None = None
+    server_ttft_s: float | None = None
+    done_at: float = 0.0
+    invalidated: int = 0
+    error: str | None = None
+    output_ids: list[int] = field(default_factory=list)
+
+
+def _cut(text: str, n: int) -> str:
+    return "".join(re.findall(r"\s*\S+", text)[:n])
+
+
+def _words(text: str | None) -> int:
+    return len((text or "").split())
+
+
+def fit_context(q: Any, max_words: int) -> Any:
+    """``q`` with every input cut to ``max_words`` words (text traces), so a trace
+    drawn for an 8B model's context fits a small model's: append keeps the chunks
+    (and times) up to the budget, update cuts each version's tail."""
+    from scheduler.trace import Chunk, Query
+
+    chunks, used = [], 0
+    for c in q.chunks:
+        if c.text is None:
+            return q
+        if q.mode == "update":
+            chunks.append(Chunk(c.t_s, text=_cut(c.text, max_words), final=c.final))
+            continue
+        take = min(_words(c.text), max_words - used)
+        if take <= 0:
+            break
+        chunks.append(Chunk(c.t_s, text=_cut(c.text, take), final=c.final))
+        used += take
+    if not chunks[-1].final:
+        last = chunks[-1]
+        chunks[-1] = Chunk(q.chunks[-1].t_s, text=last.text, final=True)
+    return Query(q.qid, q.arrival_s, q.mode, tuple(chunks), q.max_new_tokens, dict(q.meta))
+
+
+def whole_input(q: Any) -> dict[str, Any]:
+    """The final input of a query as one request body part (text or ids)."""
+    last = q.chunks if q.mode == "append" else q.chunks[-1:]
+    if all(c.text is not None for c in last):
+        return {"text": "".join(c.text for c in last)}
+    return {"input_ids": [t for c in last for t in (c.token_ids or ())]}
+
+
+def piece(c: Any) -> dict[str, Any]:
+    return {"text": c.text} if c.text is not None else {"input_ids": list(c.token_ids or ())}
+
+
+async def _first_token(client: Any, rid: str) -> tuple[float, dict[str, Any]]:
+    """Wait for ``rid``'s first output token; (time it arrived, last SSE object)."""
+    last: dict[str, Any] = {}
+    first_t: float | None = None
+    async for obj in client.stream_result(rid):
+        if first_t is None and obj.get("output_ids"):
+            first_t = time.perf_counter()
+        last = obj
+    if first_t is None:
+        raise RuntimeError(f"{rid}: finished without output")
+    return first_t, last
+
+
+async def replay_one(client: Any, q: Any, streaming: bool, t0: float, scale: float,
+                     sampling: dict[str, Any]) -> Outcome:  # fmt: skip
+    out = Outcome(q.qid)
+    arrival = t0 + q.arrival_s * scale
+
+    async def until(t_s: float) -> None:
+        await asyncio.sleep(max(0.0, arrival + t_s * scale - time.perf_counter()))
+
+    if not streaming:
+        await until(q.chunks[-1].t_s)
+        sent = time.perf_counter()
+        if sampling["max_new_tokens"] == 1:
+            res = await client.generate(sampling_params=sampling, **whole_input(q))
+            first = time.perf_counter()
+        else:
+            rid = await client.open_stream("append", sampling, final=True, **whole_input(q))
+            first, res = await _first_token(client, rid)
+    else:
+        c0 = q.chunks[0]
+        await until(c0.t_s)
+        sent = time.perf_counter()
+        rid = await client.open_stream(q.mode, sampling, final=c0.final, **piece(c0))
+        for c in q.chunks[1:]:
+            await until(c.t_s)
+            sent = time.perf_counter()
+            ack = await client.send_chunk(rid, final=c.final, **piece(c))
+            out.invalidated += ack.invalidated_tokens
+        if sampling["max_new_tokens"] == 1:
+            res = await client.result(rid)
+            first = time.perf_counter()
+        else:
+            first, res = await _first_token(client, rid)
+    out.ttft_s, out.ttft_from_arrival_s = first - sent, first - arrival
+    out.server_ttft_s = (res.get("meta_info") or {}).get("ttft_s")
+    out.output_ids = list(res.get("output_ids") or [])
+    out.done_at = time.perf_counter()
+    return out
+
+
+async def replay(url: str, queries: list[Any], streaming: bool, args: argparse.Namespace,
+                 progress: Any = None) -> tuple[list[Outcome], dict[str, Any], float]:  # fmt: skip
+    """All queries in one mode: (outcomes, server stats delta, completion seconds)."""
+    from srt_ext.client import AsyncClient
+
+    sampling = {"max_new_tokens": args.max_new_tokens, "temperature": 0.0, "ignore_eos": True}
+    sem = asyncio.Semaphore(args.concurrency_limit)
+    async with AsyncClient(url, api_key=args.api_key, timeout=args.request_timeout) as client:
+        before = await client.stats()
+        t0 = time.perf_counter() + 0.05
+
+        async def one(q: Any) -> Outcome:
+            await asyncio.sleep(max(0.0, t0 + q.arrival_s * args.time_scale - time.perf_counter()))
+            async with sem:
+                try:
+                    return await asyncio.wait_for(
+                        replay_one(client, q, streaming, t0, args.time_scale, sampling),
+                        args.request_timeout,
+                    )
+                except Exception as exc:  # noqa: BLE001  (recorded per query, run goes on)
+                    return Outcome(q.qid, error=f"{type(exc).__name__}: {exc}")
+                finally:
+                    if progress is not None:
+                        progress.update(1)
+
+        outs = await asyncio.gather(*(one(q) for q in queries))
+        after = await client.stats()
+    delta = {
+        k: after.get("preemptions", {}).get(k, 0) - before.get("preemptions", {}).get(k, 0)
+        for k in ("recompute", "swap")
+    }
+    inval = after.get("tokens_invalidated", 0) - before.get("tokens_invalidated", 0)
+    end = max((o.done_at for o in outs if o.error is None), default=t0)
+    return list(outs), {"preemptions": delta, "tokens_invalidated": inval}, end - t0
+
+
+def row(label: str, streaming: bool, outs: list[Outcome], server: dict[str, Any],
+        completion_s: float, wall_s: float) -> dict[str, Any]:  # fmt: skip
+    from eval.metrics import percentiles, result_row
+
+    ok = [o for o in outs if o.error is None]
+    r = result_row(label, streaming, [o.ttft_s for o in ok], [o.ttft_from_arrival_s for o in ok],  # type: ignore[misc]
+                   completion_s, server["preemptions"], server["tokens_invalidated"])  # fmt: skip
+    r["server_ttft_s"] = percentiles(o.server_ttft_s for o in ok if o.server_ttft_s is not None)
+    r["requests"], r["unfinished"] = len(outs), len(outs) - len(ok)
+    r["errors"] = sorted({o.error for o in outs if o.error})[:5]
+    r["wall_s"] = round(wall_s, 2)
+    if r["unfinished"]:
+        r["ttft_s"] = {k: math.nan for k in r["ttft_s"]}  # as `sim`: incomplete is not fast
+    return r
+
+
+def run(args: argparse.Namespace) -> int:
+    from eval.metrics import format_table, speedups
+    from eval.workloads import WORKLOADS, load_workload
+
+    host = urlparse(args.url).hostname
+    if host not in LOOPBACK:
+        print(f"stream2llm replay: {args.url} is not loopback; refusing", file=sys.stderr)
+        return 2
+    if not (0 < args.num_queries <= 10000) or args.time_scale <= 0:
+        print(
+            "stream2llm replay: need 0 < --num-queries <= 10000, --time-scale > 0", file=sys.stderr
+        )
+        return 2
+    if args.workload in WORKLOADS:
+        queries = load_workload(args.workload, qps=args.qps, num_queries=args.num_queries,
+                                seed=args.seed, max_new_tokens=args.max_new_tokens, text=True)  # fmt: skip
+    else:
+        queries = load_workload(args.workload)[: args.num_queries]
+    limit = args.max_input_words
+    if limit is None:
+        from srt_ext.client import Client
+
+        with Client(args.url, api_key=args.api_key, timeout=30.0) as c:
+            ctx = int(c.stats().get("max_context_tokens", 0) or 0)
+        limit = int(0.75 * (ctx - args.max_new_tokens)) if ctx else None
+    if limit:
+        queries = [fit_context(q, limit) for q in queries]
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    results, raw = [], {}
+    for mode in modes:
+        streaming = mode == "streaming"
+        label = args.label if streaming else "non-streaming"
+        bar = None
+        if not args.quiet:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(queries), desc=label, unit="q", leave=False)
+        t = time.perf_counter()
+        outs, server, completion = asyncio.run(replay(args.url, queries, streaming, args, bar))
+        if bar is not None:
+            bar.close()
+        results.append(row(label, streaming, outs, server, completion, time.perf_counter() - t))
+        raw[label] = [o.ttft_s for o in outs if o.ttft_s is not None]
+    base = next((r for r in results if not r["streaming"]), None)
+    table = []
+    for r in results:
+        sp = speedups(base["ttft_s"], r["ttft_s"]) if base else {}
+        table.append({"mode": r["scheduler"], "p50_s": r["ttft_s"]["p50"], "p99_s": r["ttft_s"]["p99"],
+                      "x_p50": sp.get("p50", math.nan), "x_p99": sp.get("p99", math.nan),
+                      "server_p50_s": r["server_ttft_s"]["p50"], "completion_s": r["completion_time_s"],
+                      "recompute": r["preemptions"]["recompute"], "swap": r["preemptions"]["swap"],
+                      "invalidated": r["tokens_invalidated"], "failed": r["unfinished"]})  # fmt: skip
+    print(format_table(table, list(table[0]) if table else ["mode"]))
+    config = {"workload": args.workload, "qps": args.qps, "num_queries": len(queries),
+              "seed": args.seed, "time_scale": args.time_scale, "max_new_tokens": args.max_new_tokens,
+              "concurrency_limit": args.concurrency_limit, "url": args.url, "measured": True,
+              "max_input_words": limit}  # fmt: skip
+    if args.json_out:
+        Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json_out).write_text(
+            json.dumps({"config": config, "results": results}, indent=1) + "\n"
+        )
+    if args.plot:
+        from eval.plots import plot_ttft_ccdf
+
+        Path(args.plot).mkdir(parents=True, exist_ok=True)
+        name = Path(args.workload).stem + f"-qps{args.qps:g}-x{args.time_scale:g}"
+        plot_ttft_ccdf(raw, Path(args.plot) / f"replay-ttft-ccdf-{name}.png")
+    return 0 if all(r["unfinished"] == 0 for r in results) else 1
