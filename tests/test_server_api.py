@@ -227,3 +227,32 @@ def test_api_key_required_except_health():
         with Client(h.url, api_key="sekret") as c:
             assert c.stats()["kv_capacity_tokens"] == 256
             assert len(c.generate(input_ids=[1000, 1001], sampling_params=SP)["output_ids"]) == 4
+
+
+def test_messages_are_validated_msgpack_not_pickle():
+    import pickle
+
+    from srt_ext import messages as m
+
+    msg = m.AddChunk(1, "r", [1, 2], True, 0.5)
+    assert m.decode_to_worker(m.encode(msg)) == msg
+    for bad in (pickle.dumps(msg), b"\x00garbage",
+                m.encode(m.AddChunk(1, "r", [1, 2])).replace(b"\x01\x02", b"\x01\xff")):  # fmt: skip
+        with pytest.raises(m.MessageError):
+            m.decode_to_worker(bad)
+    spec = m.SamplingSpec(max_new_tokens=0)
+    with pytest.raises(m.MessageError, match="max_new_tokens"):
+        m.decode_to_worker(m.encode(m.Generate(2, "g", [5], spec)))
+
+
+def test_dead_worker_fails_requests_instead_of_hanging():
+    with server(max_total_tokens=256) as h, h.client() as c:
+        rid = c.open_stream(sampling_params=SP, input_ids=[1000, 1001])
+        h._server.config.app.state.svc.link.proc.kill()
+        with pytest.raises(ServerError) as e:
+            c.result(rid)
+        assert e.value.status == 503 and "died" in e.value.reason
+        assert not c.health()
+        with pytest.raises(ServerError) as e:
+            c.generate(input_ids=[1000])
+        assert e.value.status == 503
