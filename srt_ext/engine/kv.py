@@ -12,9 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
 from radix_stream._sglang import ensure_sglang_importable
+
+import torch
 
 
 def make_kv_pool(

@@ -18,8 +18,8 @@ import torch.nn.functional as F
 
 from srt_ext.engine.attention import batched_decode_attention, blocked_attention, sdpa_attention
 from srt_ext.engine.config import LlamaArch, rope_table
-from srt_ext.engine.tiles import RowLayout, pack_by_position, pack_dense
-from srt_ext.engine.weights import load_weights
+from srt_ext.engine.tiles import RowLayout, pack_by_position, pack_dense, pack_fixed
+from srt_ext.engine.weights import LayerWeights, load_weights
 
 ROPE_CHUNK = 128  # table rows built per op, so a row never depends on the table size
 
@@ -86,11 +86,69 @@ class LlamaModel:
         ]
         self.cos = torch.cat([c for c, _ in parts])[:max_positions].to(self.device, rope_dtype)
         self.sin = torch.cat([s for _, s in parts])[:max_positions].to(self.device, rope_dtype)
+        self.rows_independent = False
+        if exact:
+            self.rows_independent = self.check_rows_independent()
 
     def _layout(self, positions: list[int], tile: int) -> RowLayout:
-        if self.exact:
-            return pack_by_position(positions, tile, self.device)
-        return pack_dense(len(positions), self.device)
+        if not self.exact:
+            return pack_dense(len(positions), self.device)
+        if self.rows_independent:
+            return pack_fixed(len(positions), tile, self.device)
+        return pack_by_position(positions, tile, self.device)
+
+    def _pre(self, lw: LayerWeights, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        """Tile before attention: norm, fused q/k/v projection, rope."""
+        a = self.arch
+        nh, nkv, d = a.num_heads, a.num_kv_heads, a.head_dim
+        qkv = F.linear(rms_norm(x, lw.in_norm, a.rms_norm_eps), lw.qkv, lw.qkv_bias)
+        tq, tk, tv = qkv.split([nh * d, nkv * d, nkv * d], dim=-1)
+        q = apply_rope(tq.reshape(-1, nh, d), cos, sin)
+        return q, apply_rope(tk.reshape(-1, nkv, d), cos, sin), tv.reshape(-1, nkv, d)
+
+    def _post(self, lw: LayerWeights, x: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
+        """Tile after attention: output projection, residual, norm, SwiGLU MLP, residual."""
+        a = self.arch
+        x = x + F.linear(attn.reshape(x.shape[0], -1), lw.o, lw.o_bias)
+        h = rms_norm(x, lw.post_norm, a.rms_norm_eps)
+        gate, up = F.linear(h, lw.gate_up).chunk(2, dim=-1)
+        return x + F.linear(F.silu(gate) * up, lw.down)
+
+    @torch.no_grad()
+    def check_rows_independent(self) -> bool:
+        """Does a tile op's result for a row depend on the row's index in the tile?
+
+        On a fixed shape it never depends on the other rows' contents (no op
+        mixes rows), but a BLAS could treat edge rows differently. Probe it: the
+        same token at every row index of layer 0's dense ops and the LM head.
+        If all agree bit for bit, tiles may be filled densely (decode batches of
+        equal-length requests share a tile); else rows go to p % tile.
+        """
+        a, w = self.arch, self.w
+        gen = torch.Generator().manual_seed(0)
+
+        def rnd(*shape: int) -> torch.Tensor:
+            return torch.randn(*shape, generator=gen, dtype=torch.float64).to(
+                self.device, self.dtype
+            )
+
+        x, attn, lw = rnd(a.hidden_size), rnd(a.num_heads, a.head_dim), w.layers[0]
+        seen: list[list[torch.Tensor]] = []
+        for tile in (self.tile_rows, self.lm_tile_rows):
+            for r in range(tile):
+                xs, at = rnd(tile, a.hidden_size), rnd(tile, a.num_heads, a.head_dim)
+                pos = torch.randint(0, self.cos.shape[0], (tile,), generator=gen).to(self.device)
+                xs[r], at[r], pos[r] = x, attn, 7
+                if tile == self.tile_rows:
+                    outs = [t[r] for t in self._pre(lw, xs, self.cos[pos], self.sin[pos])]
+                    outs.append(self._post(lw, xs, at)[r])
+                else:
+                    outs = [F.linear(rms_norm(xs, w.norm, a.rms_norm_eps), w.lm_head)[r]]
+                if r and not all(torch.equal(o, p) for o, p in zip(outs, seen[-1], strict=True)):
+                    return False
+                seen.append(outs)
+            seen.clear()
+        return True
 
     @torch.no_grad()
     def forward(
@@ -111,20 +169,12 @@ class LlamaModel:
         v = torch.empty_like(k)
         for li, lw in enumerate(w.layers):
             for sl in layout.slices():
-                qkv = F.linear(rms_norm(x[sl], lw.in_norm, a.rms_norm_eps), lw.qkv, lw.qkv_bias)
-                tq, tk, tv = qkv.split([nh * d, nkv * d, nkv * d], dim=-1)
-                q[sl] = apply_rope(tq.reshape(-1, nh, d), cos[sl], sin[sl])
-                k[sl] = apply_rope(tk.reshape(-1, nkv, d), cos[sl], sin[sl])
-                v[sl] = tv.reshape(-1, nkv, d)
+                q[sl], k[sl], v[sl] = self._pre(lw, x[sl], cos[sl], sin[sl])
             k_bufs[li][batch.new_slots] = k[rows]
             v_bufs[li][batch.new_slots] = v[rows]
             attn = self._attention(batch, rows, q, k_bufs[li], v_bufs[li])
             for sl in layout.slices():
-                x[sl] += F.linear(attn[sl].reshape(-1, nh * d), lw.o, lw.o_bias)
-                gate, up = F.linear(
-                    rms_norm(x[sl], lw.post_norm, a.rms_norm_eps), lw.gate_up
-                ).chunk(2, dim=-1)
-                x[sl] += F.linear(F.silu(gate) * up, lw.down)
+                x[sl] = self._post(lw, x[sl], attn[sl])
         return self._logits(batch, rows, x, layout)
 
     def _attention(
