@@ -175,10 +175,20 @@ class ReferenceEngine:
 
     def forward(self, items: list[ForwardItem]) -> list[int | None]:
         """Run one step; the sampled next token of every sampling item (None otherwise)."""
-        return [
-            None if lg is None else sample_token(lg, it, it.start + len(it.input_ids))
-            for it, lg in zip(items, self.logits(items), strict=True)
-        ]
+        logits = self.logits(items)
+        rows = [lg for lg in logits if lg is not None]
+        # one argmax and one device->host copy for all greedy rows, not one sync per row
+        greedy = torch.stack(rows).argmax(dim=-1).tolist() if rows else []
+        out: list[int | None] = []
+        k = 0
+        for it, lg in zip(items, logits, strict=True):
+            if lg is None:
+                out.append(None)
+                continue
+            pos = it.start + len(it.input_ids)
+            out.append(int(greedy[k]) if it.temperature <= 0.0 else sample_token(lg, it, pos))
+            k += 1
+        return out
 
     # --- cost-model profiling -------------------------------------------------
 
