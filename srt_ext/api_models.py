@@ -74,6 +74,9 @@ class ChunkRequest(_Input):
     model_config = ConfigDict(extra="forbid")
 
     final: bool = False
+    # Only with the final chunk: a frontend program knows its gen's parameters
+    # only when retrieval ends. Replaces the parameters given at open.
+    sampling_params: SamplingParamsModel | None = None
 
 
 class GenerateRequest(_Input):

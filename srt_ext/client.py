@@ -64,6 +64,14 @@ def _open_body(mode: str, sampling_params: dict[str, Any] | None, text: str | No
     return body
 
 
+def _chunk_body(text: str | None, input_ids: list[int] | None, final: bool,
+                sampling_params: dict[str, Any] | None) -> dict[str, Any]:  # fmt: skip
+    body = {"final": final, **_input(text, input_ids)}
+    if sampling_params is not None:
+        body["sampling_params"] = sampling_params
+    return body
+
+
 def _ack(d: dict[str, Any]) -> ChunkAck:
     return ChunkAck(d["rid"], d["input_tokens"], d["cached_tokens"], d["invalidated_tokens"])
 
@@ -109,8 +117,8 @@ class Client:
         return _check(self.http.post("/v1/streams", json=body))["rid"]
 
     def send_chunk(self, rid: str, text: str | None = None, input_ids: list[int] | None = None,
-                   final: bool = False) -> ChunkAck:  # fmt: skip
-        body = {"final": final, **_input(text, input_ids)}
+                   final: bool = False, sampling_params: dict[str, Any] | None = None) -> ChunkAck:  # fmt: skip
+        body = _chunk_body(text, input_ids, final, sampling_params)
         return _ack(_check(self.http.post(f"/v1/streams/{rid}/chunks", json=body)))
 
     def result(self, rid: str) -> dict[str, Any]:
@@ -149,6 +157,10 @@ class Client:
     def stats(self) -> dict[str, Any]:
         return _check(self.http.get("/v1/stats"))
 
+    def flush_cache(self) -> int:
+        """Drop cached prefixes no live request holds; returns the tokens freed."""
+        return int(_check(self.http.post("/flush_cache"))["flushed_tokens"])
+
     def health(self) -> bool:
         try:
             return self.http.get("/health", timeout=30.0).status_code == 200
@@ -182,8 +194,9 @@ class AsyncClient:
         return _check(await self.http.post("/v1/streams", json=body))["rid"]
 
     async def send_chunk(self, rid: str, text: str | None = None,
-                         input_ids: list[int] | None = None, final: bool = False) -> ChunkAck:  # fmt: skip
-        body = {"final": final, **_input(text, input_ids)}
+                         input_ids: list[int] | None = None, final: bool = False,
+                         sampling_params: dict[str, Any] | None = None) -> ChunkAck:  # fmt: skip
+        body = _chunk_body(text, input_ids, final, sampling_params)
         return _ack(_check(await self.http.post(f"/v1/streams/{rid}/chunks", json=body)))
 
     async def result(self, rid: str) -> dict[str, Any]:
@@ -210,6 +223,9 @@ class AsyncClient:
 
     async def stats(self) -> dict[str, Any]:
         return _check(await self.http.get("/v1/stats"))
+
+    async def flush_cache(self) -> int:
+        return int(_check(await self.http.post("/flush_cache"))["flushed_tokens"])
 
     async def health(self) -> bool:
         try:

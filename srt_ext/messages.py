@@ -57,6 +57,13 @@ class AddChunk(msgspec.Struct, tag="chunk", forbid_unknown_fields=True):
     input_ids: list[TokenId]
     final: bool = False
     t: float = 0.0
+    sampling: SamplingSpec | None = None  # final chunk only: replaces the open's params
+
+
+class FlushCache(msgspec.Struct, tag="flush", forbid_unknown_fields=True):
+    """Drop every unlocked cached prefix (SGLang's /flush_cache)."""
+
+    req_id: int
 
 
 class Abort(msgspec.Struct, tag="abort", forbid_unknown_fields=True):
@@ -86,7 +93,7 @@ class Shutdown(msgspec.Struct, tag="shutdown", forbid_unknown_fields=True):
     req_id: int = 0
 
 
-ToWorker = Union[OpenStream, AddChunk, Abort, Generate, StatsRequest, Ping, Shutdown]  # noqa: UP007
+ToWorker = Union[OpenStream, AddChunk, Abort, Generate, StatsRequest, FlushCache, Ping, Shutdown]  # noqa: UP007
 
 
 # ---- worker -> server ------------------------------------------------------------

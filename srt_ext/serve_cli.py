@@ -24,6 +24,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--threads", type=int, default=0, help="torch threads in the worker (0: default)")
     p.add_argument("--log-level", default="info")
+    from srt_ext.disagg.serve import add_disagg_args
+
+    add_disagg_args(p)
     p.set_defaults(func=run)
     return p
 
@@ -57,6 +60,10 @@ def run(args: argparse.Namespace) -> int:
     if err:
         print(f"stream2llm serve: {err}", file=sys.stderr)
         return 2
+    if args.disaggregation_mode != "null":
+        from srt_ext.disagg.serve import run_disagg
+
+        return run_disagg(args)
     import uvicorn
 
     from srt_ext.server import ServerOptions, create_app

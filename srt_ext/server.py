@@ -158,6 +158,10 @@ def create_app(opts: ServerOptions, start_proc: Callable[[str, str], Any] | None
         return s.result(st)
 
     # ---- admin -----------------------------------------------------------------------
+    @app.post("/flush_cache")
+    async def flush_cache(request: Request) -> dict[str, Any]:
+        return {"flushed_tokens": await svc(request).flush_cache()}
+
     @app.get("/health")
     async def health(request: Request) -> ORJSONResponse:
         ok = await svc(request).healthy()

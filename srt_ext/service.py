@@ -81,16 +81,23 @@ class Service:
         ids = self._ids(req.text, req.input_ids, first=first)
         if not ids and (not req.final or st.mode == "update"):
             raise WorkerError(400, "empty chunk")
+        spec = None
+        if req.sampling_params is not None:
+            if not req.final:
+                raise WorkerError(400, "sampling_params may only come with the final chunk")
+            spec = req.sampling_params.spec()
         if req.final:  # claim "final" now: a racing chunk gets 409, not a reorder
             st.final, st.final_t = True, t0
         try:
             reply = await self.link.request(m.AddChunk(self.link.next_id(), rid, ids, req.final,
-                                                       time.time()))  # fmt: skip
+                                                       time.time(), spec))  # fmt: skip
         except WorkerError:
             if req.final:
                 st.final, st.final_t = False, None
             raise
         st.input_tokens = reply.input_tokens
+        if req.sampling_params is not None:
+            st.stop = req.sampling_params.stop_strings()
         self.metrics.chunk_latency.observe(time.monotonic() - t0)
         return reply
 
@@ -173,6 +180,11 @@ class Service:
                 await self.link.send(m.Abort(self.link.next_id(), st.rid))
 
     # ---- introspection -----------------------------------------------------------------
+    async def flush_cache(self) -> int:
+        """Free every cached prefix no live request holds (SGLang's /flush_cache)."""
+        reply = await self.link.request(m.FlushCache(self.link.next_id()), timeout=30.0)
+        return int(reply.stats["flushed_tokens"])
+
     async def stats(self) -> dict[str, Any]:
         reply = await self.link.request(m.StatsRequest(self.link.next_id()), timeout=30.0)
         self.metrics.update_kv(reply.stats)

@@ -101,7 +101,12 @@ class WorkerCore:
             if isinstance(msg, m.Generate):
                 return self._open(msg.req_id, msg.rid, "append", msg.sampling, msg.input_ids, True)
             if isinstance(msg, m.AddChunk):
+                if msg.sampling is not None:
+                    self._set_sampling(msg.rid, msg.sampling, msg.final)
                 return self._chunk(msg.req_id, msg.rid, msg.input_ids, msg.final), []
+            if isinstance(msg, m.FlushCache):
+                flushed = self.kv.tree.evict_tokens(self.kv.tree.evictable_size())
+                return m.StatsReply(msg.req_id, {"flushed_tokens": flushed, **self.stats()}), []
             if isinstance(msg, m.Abort):
                 return self._abort(msg.req_id, msg.rid)
         except (StreamError, KVCapacityError, ValueError) as exc:
@@ -114,14 +119,9 @@ class WorkerCore:
 
     def _open(self, req_id: int, rid: str, mode: str, spec: m.SamplingSpec,
               ids: list[int] | None, final: bool) -> tuple[Any, list[Any]]:  # fmt: skip
-        if spec.max_new_tokens + 1 > self.max_tokens:
-            raise StreamError(f"max_new_tokens {spec.max_new_tokens} exceeds the context "
-                              f"length {self.max_tokens}")  # fmt: skip
-        eos = () if spec.ignore_eos else tuple(self.engine.eos_token_ids) + tuple(spec.stop_token_ids)
-        sp = SamplingParams(spec.max_new_tokens, eos or None)
-        self.sched.open(rid, mode, self.now(), sp)  # type: ignore[arg-type]
-        seed = spec.seed if spec.seed is not None else random.getrandbits(31)
-        self.reqs[rid] = _Req(spec, seed, eos)
+        self._check_spec(spec)
+        self.sched.open(rid, mode, self.now())  # type: ignore[arg-type]
+        self._set_sampling(rid, spec, final)
         if ids is None and not final:
             return m.ChunkReply(req_id, rid, 0, 0, 0), []
         try:
@@ -130,6 +130,23 @@ class WorkerCore:
             self.sched.abort(rid)
             self.reqs.pop(rid, None)
             raise
+
+    def _check_spec(self, spec: m.SamplingSpec) -> None:
+        if spec.max_new_tokens + 1 > self.max_tokens:
+            raise StreamError(f"max_new_tokens {spec.max_new_tokens} exceeds the context "
+                              f"length {self.max_tokens}")  # fmt: skip
+
+    def _set_sampling(self, rid: str, spec: m.SamplingSpec, final: bool) -> None:
+        """Sampling parameters arrive with the open, or with the final chunk (a
+        frontend program only knows its gen's parameters when retrieval ends)."""
+        s = self.sched.get(rid)
+        if rid in self.reqs and not final:
+            raise StreamError(f"{rid}: sampling_params may only come with the final chunk")
+        self._check_spec(spec)
+        eos = () if spec.ignore_eos else tuple(self.engine.eos_token_ids) + tuple(spec.stop_token_ids)
+        s.sampling = SamplingParams(spec.max_new_tokens, eos or None)
+        seed = spec.seed if spec.seed is not None else random.getrandbits(31)
+        self.reqs[rid] = _Req(spec, seed, eos)
 
     def _chunk(self, req_id: int, rid: str, ids: list[int], final: bool) -> Any:
         s = self.sched.get(rid)
