@@ -74,10 +74,19 @@ def load_or_build_index(corpus: str | None, limit: int | None) -> Any:
 
 
 async def stream_one(
-    client: Any, tokenize: Any, chunks: Any, run: StreamRun, sampling: dict[str, Any]
+    url: str, tokenize: Any, chunks: Any, run: StreamRun, sampling: dict[str, Any]
 ) -> StreamRun:
     """Send chunks as they come; the last one is final. Token ids are sent so the
     non-streaming baseline can send exactly the same final input."""
+    from srt_ext.client import AsyncClient
+
+    async with AsyncClient(url) as client:
+        return await _stream_chunks(client, tokenize, chunks, run, sampling)
+
+
+async def _stream_chunks(
+    client: Any, tokenize: Any, chunks: Any, run: StreamRun, sampling: dict[str, Any]
+) -> StreamRun:
     rid = None
     async for text, final in chunks:
         ids = tokenize(text)
@@ -119,9 +128,9 @@ def run(args: argparse.Namespace) -> int:
 
     from eval.metrics import format_table
     from retrievers.site import serve_site
-    from srt_ext.client import AsyncClient, Client
+    from srt_ext.client import Client
     from srt_ext.engine.tiny_model import ensure_tiny_model
-    from srt_ext.serve_cli import launch_server
+    from srt_ext.launch import launch_server
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -131,6 +140,7 @@ def run(args: argparse.Namespace) -> int:
     index = load_or_build_index(args.corpus, limit)
     model = args.model_path or str(ensure_tiny_model())
     tok = AutoTokenizer.from_pretrained(model)
+    tok.model_max_length = 1 << 30  # the server checks the model's context, not the tokenizer
 
     def tokenize(text: str) -> list[int]:
         return list(tok(text, add_special_tokens=False)["input_ids"])
@@ -142,13 +152,12 @@ def run(args: argparse.Namespace) -> int:
             serve_site() as site:
         print(f"      {srv.url}; local site {site}")
         sync = Client(srv.url)
-        aclient = AsyncClient(srv.url)
         print(f"[3/4] answering {len(questions)} question(s) with both retrievers")
         for qi, q in enumerate(questions):
             for kind, mode in (("vector search", "update"), ("crawl", "append")):
                 sync.flush_cache()
                 r = StreamRun(q, kind, mode, time.monotonic())
-                asyncio.run(stream_one(aclient, tokenize, _chunks(kind, q, index, site, args.quick),
+                asyncio.run(stream_one(srv.url, tokenize, _chunks(kind, q, index, site, args.quick),
                                        r, sampling))
                 sync.flush_cache()  # the baseline pays its prefill, as it would have
                 ns = sync.generate(input_ids=r.final_ids, sampling_params=sampling)
@@ -168,7 +177,11 @@ def run(args: argparse.Namespace) -> int:
                              for t, n in zip(r.chunk_times, r.chunk_tokens, strict=True)]
                 timeline += [{"t": r.retrieval_s, "kind": "final", "rid": label, "tokens": 0},
                              {"t": r.retrieval_s + s_ttft, "kind": "first_token", "rid": label,
-                              "tokens": 0}]
+                              "tokens": 0},
+                             {"t": r.retrieval_s, "kind": "final", "rid": label + " (no streaming)",
+                              "tokens": 0},
+                             {"t": r.retrieval_s + n_ttft, "kind": "first_token",
+                              "rid": label + " (no streaming)", "tokens": 0}]
                 print(f"      {label}: retrieval {r.retrieval_s:.2f}s, TTFT streaming "
                       f"{s_ttft * 1e3:.0f} ms vs non-streaming {n_ttft * 1e3:.0f} ms after the "
                       f"final chunk; answer: {r.result['text'][:60]!r}")
