@@ -20,6 +20,11 @@ import httpx
 
 from srt_ext.server import ServerOptions
 
+# ServerOptions passed on to `stream2llm serve` as --the-same-name
+RELIABILITY_FLAGS = ("stream_idle_timeout", "reader_disconnect", "max_input_tokens",
+                     "max_streams_per_client", "max_body_bytes", "max_worker_restarts",
+                     "restart_backoff", "shutdown_grace")  # fmt: skip
+
 
 class ServerHandle:
     """A running server; ``stop()`` (or leaving the ``with``) shuts it down and
@@ -105,6 +110,9 @@ def launch_server(host: str = "127.0.0.1", port: int = 0, subprocess: bool = Fal
                           ("--api-key", o.api_key)):  # fmt: skip
             if val:
                 argv += [flag, val]
+        for name in RELIABILITY_FLAGS:
+            val = getattr(o, name)
+            argv += ["--" + name.replace("_", "-"), str(val if val is not None else 0)]
         h = ServerHandle(f"http://{host}:{port}", o.api_key, proc=sp.Popen(argv))
         _wait_healthy(h, startup_timeout)
         return h

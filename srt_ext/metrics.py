@@ -20,6 +20,12 @@ class Metrics:
                               buckets=_LAT, registry=r)  # fmt: skip
         self.chunk_latency = Histogram("stream2llm_chunk_post_seconds",
                                        "Chunk POST handling latency", buckets=_LAT, registry=r)  # fmt: skip
+        self.reaped = Counter("stream2llm_reaped", "Streams aborted by the server (idle, unread, "
+                              "disconnect, shutdown)", ["reason"], registry=r)  # fmt: skip
+        self.rejected = Counter("stream2llm_rejected", "Requests refused (4xx) by status",
+                                ["status"], registry=r)  # fmt: skip
+        self.worker_restarts = Counter("stream2llm_worker_restarts", "Worker processes restarted",
+                                       registry=r)  # fmt: skip
         self.kv = Gauge("stream2llm_kv_tokens", "KV cache tokens", ["state"], registry=r)
         self.streams = Gauge("stream2llm_streams_open", "Live streams", registry=r)
         self.preemptions = Gauge("stream2llm_preemptions", "Preemptions so far", ["kind"],

@@ -57,8 +57,16 @@ class ReqState:
     finish_reason: dict[str, Any] | None = None
     error: WorkerError | None = None
     text_override: str | None = None  # output truncated at a matched stop string
+    client: str = ""  # who opened it (per-client stream limit)
+    last_active: float = 0.0  # monotonic time of the last chunk or reader (idle reaping)
+    readers: int = 0  # handlers waiting on the result right now (never reaped while > 0)
     version: int = 0
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
+    # chunks of one stream are applied one at a time, in arrival order (asyncio.Lock is FIFO)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def __post_init__(self) -> None:
+        self.last_active = self.last_active or self.created
 
     @property
     def done(self) -> bool:
@@ -92,10 +100,12 @@ class WorkerLink:
         self._ids = itertools.count(1)
         self._tasks: list[asyncio.Task[Any]] = []
         self.dead: str | None = None
+        self.generation = 0  # bumped by every restart (fresh socket paths)
         self.on_first_token: Callable[[ReqState], None] | None = None
         self.on_finished: Callable[[ReqState], None] | None = None
 
     async def start(self, ready_timeout: float = 600.0) -> None:
+        """Bind the sockets, start the worker and wait for its "ready"."""
         self.push = self.ctx.socket(zmq.PUSH)
         self.push.setsockopt(zmq.LINGER, 0)
         self.push.bind(self.in_addr)
@@ -111,6 +121,27 @@ class WorkerLink:
         m.decode_from_worker(await self.pull.recv())
         self._tasks = [asyncio.create_task(self._recv_loop()),
                        asyncio.create_task(self._watchdog())]  # fmt: skip
+        self.dead = None
+
+    async def restart(self, ready_timeout: float = 600.0) -> None:
+        """Replace a dead worker: new sockets on new paths (nothing queued for the old
+        peer can reach the new one), a new process, wait for ready. Requests the old
+        worker held were already failed by the watchdog; until this returns,
+        ``dead`` stays set so new requests get 503 at once."""
+        self.dead = self.dead or "the worker is restarting"
+        for t in self._tasks:
+            t.cancel()
+        self._tasks = []
+        if self.proc is not None and self.proc.is_alive():
+            self.proc.kill()
+            await asyncio.to_thread(self.proc.join, 5.0)
+        self.push.close(0)
+        self.pull.close(0)
+        self.generation += 1
+        g = self.generation
+        self.in_addr = f"ipc://{os.path.join(self._dir, f'to_worker.{g}')}"
+        self.out_addr = f"ipc://{os.path.join(self._dir, f'from_worker.{g}')}"
+        await self.start(ready_timeout)
 
     async def close(self) -> None:
         if self.proc is not None and self.proc.is_alive() and self.dead is None:
@@ -158,6 +189,14 @@ class WorkerLink:
     def drop_state(self, rid: str) -> None:
         self.states.pop(rid, None)
         self._finished.pop(rid, None)
+
+    def fail(self, st: ReqState, err: WorkerError) -> None:
+        """End a request with an error its readers (and later GETs) will see."""
+        if st.done:
+            return
+        st.error = err
+        self._finish(st, time.monotonic())
+        st.notify()
 
     # ---- the receive side -------------------------------------------------------
     async def _recv_loop(self) -> None:
@@ -231,7 +270,5 @@ class WorkerLink:
                     if not fut.done():
                         fut.set_exception(WorkerError(503, self.dead))
                 for st in list(self.states.values()):
-                    if not st.done:
-                        st.error = WorkerError(503, self.dead)
-                        st.notify()
+                    self.fail(st, WorkerError(503, self.dead))
                 return

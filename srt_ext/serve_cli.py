@@ -24,6 +24,22 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--threads", type=int, default=0, help="torch threads in the worker (0: default)")
     p.add_argument("--log-level", default="info")
+    r = p.add_argument_group("reliability (docs/reliability.md)")
+    r.add_argument("--stream-idle-timeout", type=float, default=300.0,
+                   help="abort a stream with no chunk and no reader for S seconds (0: never)")
+    r.add_argument("--reader-disconnect", choices=("keep", "abort"), default="keep",
+                   help="a stream's SSE reader going away: keep computing, or abort the stream")
+    r.add_argument("--max-input-tokens", type=int, default=0,
+                   help="per-request input limit in tokens, 400 over it (0: the context length)")
+    r.add_argument("--max-streams-per-client", type=int, default=0,
+                   help="live streams per client IP, 429 over it (0: unlimited)")
+    r.add_argument("--max-body-bytes", type=int, default=8 << 20, help="request body limit (413)")
+    r.add_argument("--max-worker-restarts", type=int, default=5,
+                   help="consecutive restarts of a dead worker before giving up")
+    r.add_argument("--restart-backoff", type=float, default=1.0,
+                   help="first restart delay in seconds (doubles per consecutive failure)")
+    r.add_argument("--shutdown-grace", type=float, default=30.0,
+                   help="SIGTERM: seconds in-flight requests get before they are aborted")
     from srt_ext.disagg.serve import add_disagg_args
 
     add_disagg_args(p)
@@ -66,12 +82,20 @@ def run(args: argparse.Namespace) -> int:
         return run_disagg(args)
     import uvicorn
 
+    from srt_ext.lifecycle import GracefulServer
     from srt_ext.server import ServerOptions, create_app
 
     opts = ServerOptions(
         model_path=args.model_path, device=args.device, max_total_tokens=args.max_total_tokens,
         scheduler=args.scheduler, preemption=args.preemption, cost_model=args.cost_model,
         token_budget=args.token_budget, api_key=args.api_key, threads=args.threads,
+        stream_idle_timeout=args.stream_idle_timeout, reader_disconnect=args.reader_disconnect,
+        max_input_tokens=args.max_input_tokens, max_streams_per_client=args.max_streams_per_client,
+        max_body_bytes=args.max_body_bytes, max_worker_restarts=args.max_worker_restarts,
+        restart_backoff=args.restart_backoff, shutdown_grace=args.shutdown_grace,
     )  # fmt: skip
-    uvicorn.run(create_app(opts), host=args.host, port=args.port, log_level=args.log_level)
+    app = create_app(opts)
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
+                            timeout_graceful_shutdown=5)  # fmt: skip
+    GracefulServer(config, app.state, opts.shutdown_grace).run()
     return 0

@@ -8,6 +8,7 @@ worker process is started in the app's lifespan and stopped with it, so one
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -18,11 +19,16 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import ValidationError
 
 from srt_ext.api_models import ChunkRequest, GenerateRequest, OpenStreamRequest
+from srt_ext.lifecycle import DrainGate
+from srt_ext.limits import BodyLimit, Limits, client_id
 from srt_ext.metrics import Metrics
+from srt_ext.reaper import reap_loop
 from srt_ext.runtime import WorkerError, WorkerLink
 from srt_ext.service import Service
+from srt_ext.supervisor import Supervisor
 from srt_ext.tokenizer_room import TokenizerRoom
 from srt_ext.worker import WorkerConfig, start_worker
 
@@ -50,6 +56,15 @@ class ServerOptions:
     start_method: str = "forkserver"
     health_timeout: float = 10.0
     ready_timeout: float = 600.0
+    # reliability (docs/reliability.md); None/0 disables a limit
+    stream_idle_timeout: float | None = 300.0  # reap streams with no chunk/reader this long
+    reader_disconnect: str = "keep"  # "abort": a stream's SSE reader leaving aborts it
+    max_input_tokens: int | None = None  # per-request input limit (400 over it)
+    max_streams_per_client: int | None = None  # live streams per client IP (429 over it)
+    max_body_bytes: int = 8 << 20  # request body limit (413 over it)
+    max_worker_restarts: int = 5  # consecutive restarts of a dead worker before giving up
+    restart_backoff: float = 1.0  # first restart delay; doubles per consecutive failure
+    shutdown_grace: float = 30.0  # SIGTERM: seconds in-flight requests get to finish
 
     def worker_config(self, in_addr: str, out_addr: str, model_path: str) -> WorkerConfig:
         return WorkerConfig(
@@ -81,19 +96,43 @@ def create_app(opts: ServerOptions, start_proc: Callable[[str, str], Any] | None
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         link = WorkerLink(start_proc or launch)
-        app.state.svc = Service(link, TokenizerRoom(model_path), Metrics(), opts.health_timeout)
+        limits = Limits(opts.max_input_tokens or None, opts.max_streams_per_client or None)
+        s = app.state.svc = Service(link, TokenizerRoom(model_path), Metrics(),
+                                    opts.health_timeout, limits)  # fmt: skip
+        tasks: list[asyncio.Task[None]] = []
         try:
             await link.start(opts.ready_timeout)
+            sup = Supervisor(link, s.metrics, opts.max_worker_restarts, opts.restart_backoff,
+                             opts.ready_timeout)  # fmt: skip
+            tasks.append(asyncio.create_task(sup.run()))
+            if opts.stream_idle_timeout:
+                tasks.append(asyncio.create_task(reap_loop(s, opts.stream_idle_timeout)))
             yield
         finally:
+            for t in tasks:
+                t.cancel()
             await link.close()
 
     app = FastAPI(title="stream2llm", default_response_class=ORJSONResponse, lifespan=lifespan)
     app.state.opts = opts
+    app.state.draining = False
+    app.add_middleware(DrainGate, state=app.state)
+    if opts.max_body_bytes:
+        app.add_middleware(BodyLimit, max_bytes=opts.max_body_bytes)
 
     @app.exception_handler(WorkerError)
-    async def _worker_error(_: Request, exc: WorkerError) -> ORJSONResponse:
+    async def _worker_error(request: Request, exc: WorkerError) -> ORJSONResponse:
+        if 400 <= exc.status < 500 and hasattr(request.app.state, "svc"):
+            request.app.state.svc.metrics.rejected.labels(str(exc.status)).inc()
         return _error(exc.status, exc.reason)
+
+    @app.exception_handler(ValidationError)
+    async def _bad_value(_: Request, exc: ValidationError) -> ORJSONResponse:
+        """A value only checked after parsing (e.g. an OpenAI seed mapped to SGLang's
+        range) is the client's error, not a 500."""
+        errs = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", "")} for e in exc.errors()]
+        reason = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errs)
+        return _error(422, reason or "invalid request", detail=errs)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> ORJSONResponse:
@@ -118,7 +157,7 @@ def create_app(opts: ServerOptions, start_proc: Callable[[str, str], Any] | None
     # ---- streams ------------------------------------------------------------------
     @app.post("/v1/streams", status_code=201)
     async def open_stream(body: OpenStreamRequest, request: Request) -> dict[str, Any]:
-        rid, ack = await svc(request).open_stream(body)
+        rid, ack = await svc(request).open_stream(body, client_id(request.client))
         return {"rid": rid, "input_tokens": ack.input_tokens, "cached_tokens": ack.cached_tokens,
                 "invalidated_tokens": ack.invalidated_tokens}  # fmt: skip
 
@@ -133,7 +172,9 @@ def create_app(opts: ServerOptions, start_proc: Callable[[str, str], Any] | None
         s = svc(request)
         st = s.get(rid)
         if stream:
-            return StreamingResponse(s.sse(st), media_type="text/event-stream")
+            abort = request.app.state.opts.reader_disconnect == "abort"
+            return StreamingResponse(s.sse(st, abort_on_disconnect=abort),
+                                     media_type="text/event-stream")  # fmt: skip
         return s.result(await s.wait_done(st))
 
     @app.delete("/v1/streams/{rid}")
@@ -164,6 +205,8 @@ def create_app(opts: ServerOptions, start_proc: Callable[[str, str], Any] | None
 
     @app.get("/health")
     async def health(request: Request) -> ORJSONResponse:
+        if request.app.state.draining:
+            return ORJSONResponse({"status": "draining"}, status_code=503)
         ok = await svc(request).healthy()
         return ORJSONResponse({"status": "ok" if ok else "unavailable"}, status_code=200 if ok else 503)
 

@@ -18,6 +18,7 @@ import orjson
 
 from srt_ext import messages as m
 from srt_ext.api_models import ChunkRequest, GenerateRequest, OpenStreamRequest, SamplingParamsModel
+from srt_ext.limits import Limits
 from srt_ext.metrics import Metrics
 from srt_ext.runtime import ReqState, WorkerError, WorkerLink
 from srt_ext.tokenizer_room import TokenizerRoom
@@ -25,9 +26,10 @@ from srt_ext.tokenizer_room import TokenizerRoom
 
 class Service:
     def __init__(self, link: WorkerLink, tok: TokenizerRoom, metrics: Metrics,
-                 health_timeout: float = 10.0) -> None:  # fmt: skip
+                 health_timeout: float = 10.0, limits: Limits | None = None) -> None:  # fmt: skip
         self.link, self.tok, self.metrics = link, tok, metrics
         self.health_timeout = health_timeout
+        self.limits = limits or Limits()
         link.decode = tok.decode
         link.on_first_token = self._first_token
         link.on_finished = self._finished
@@ -40,15 +42,18 @@ class Service:
             return list(ids)
         return self.tok.encode(text or "", first=first)
 
-    async def open_stream(self, req: OpenStreamRequest) -> tuple[str, m.ChunkReply]:
+    async def open_stream(self, req: OpenStreamRequest, client: str = "") -> tuple[str, m.ChunkReply]:
         rid = req.rid or uuid.uuid4().hex
         if rid in self.link.states:
             raise WorkerError(409, f"stream {rid} already exists")
+        self.limits.check_streams(self.link.states.values(), client)
         has_input = req.text is not None or req.input_ids is not None
         ids = self._ids(req.text, req.input_ids, first=True) if has_input else None
         if has_input and not ids and not req.final:
             raise WorkerError(400, "empty first chunk (omit text/input_ids to open without input)")
-        st = ReqState(rid, req.mode, time.monotonic(), stop=req.sampling_params.stop_strings())
+        self.limits.check_input(len(ids or ()))
+        st = ReqState(rid, req.mode, time.monotonic(), stop=req.sampling_params.stop_strings(),
+                      client=client)  # fmt: skip
         if req.final:
             st.final, st.final_t = True, st.created
         msg = m.OpenStream(self.link.next_id(), rid, req.mode, req.sampling_params.spec(),
@@ -73,14 +78,27 @@ class Service:
         return st
 
     async def add_chunk(self, rid: str, req: ChunkRequest) -> m.ChunkReply:
+        """Apply one chunk. Chunks of one stream are serialized in arrival order by
+        the stream's lock: without it two concurrent chunks could both tokenize as
+        "first" or reach the worker in the other order."""
         t0 = time.monotonic()
         st = self.get(rid)
+        st.last_active = t0
+        async with st.lock:
+            try:
+                return await self._add_chunk(st, req, t0)
+            finally:
+                st.last_active = time.monotonic()
+
+    async def _add_chunk(self, st: ReqState, req: ChunkRequest, t0: float) -> m.ChunkReply:
+        rid = st.rid
         if st.final or st.done:
             raise WorkerError(409, f"stream {rid} already received its final chunk")
         first = st.mode == "update" or st.input_tokens == 0
         ids = self._ids(req.text, req.input_ids, first=first)
         if not ids and (not req.final or st.mode == "update"):
             raise WorkerError(400, "empty chunk")
+        self.limits.check_input(len(ids) + (st.input_tokens if st.mode == "append" else 0))
         spec = None
         if req.sampling_params is not None:
             if not req.final:
@@ -119,6 +137,7 @@ class Service:
         input_ids = self._ids(text, ids, first=True)
         if not input_ids:
             raise WorkerError(400, "empty input")
+        self.limits.check_input(len(input_ids))
         st = ReqState(rid, "oneshot", time.monotonic(), stop=sp.stop_strings())
         st.final, st.final_t = True, st.created
         await self._register(st, m.Generate(self.link.next_id(), rid, input_ids, sp.spec(),
@@ -154,13 +173,19 @@ class Service:
         return {"text": self.text(st), "output_ids": list(st.output_ids), "meta_info": self.meta(st)}
 
     async def wait_done(self, st: ReqState) -> ReqState:
-        while not st.done:
-            await st.wait_change(st.version)
+        st.readers += 1  # a waiting reader keeps the stream from being reaped
+        try:
+            while not st.done:
+                await st.wait_change(st.version)
+        finally:
+            st.readers -= 1
+            st.last_active = time.monotonic()
         return st
 
     async def sse(self, st: ReqState, abort_on_disconnect: bool = False) -> AsyncIterator[bytes]:
         """SGLang's /generate stream: cumulative text/output_ids per event, then [DONE]."""
         sent = -1
+        st.readers += 1
         try:
             while True:
                 seen = st.version
@@ -176,7 +201,11 @@ class Service:
                 await st.wait_change(seen)
             yield b"data: [DONE]\n\n"
         finally:
+            st.readers -= 1
+            st.last_active = time.monotonic()
             if abort_on_disconnect and not st.done:
+                if st.mode != "oneshot":
+                    self.metrics.reaped.labels("disconnect").inc()
                 await self.link.send(m.Abort(self.link.next_id(), st.rid))
 
     # ---- introspection -----------------------------------------------------------------
