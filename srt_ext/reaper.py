@@ -42,12 +42,13 @@ def idle_victims(states: Iterable[ReqState], now: float, idle_timeout: float) ->
 
 async def abort_stream(svc: Any, st: ReqState, reason: str, why: str) -> None:
     """Abort ``st`` in the worker, end it with a 410 ``why`` and count ``reason``."""
+    # fail it first: the worker's "finished: abort" event that follows the reply is
+    # then ignored, so readers see the 410 and its reason, not a bare abort
+    svc.link.fail(st, WorkerError(410, why))
     try:
         await svc.link.request(m.Abort(svc.link.next_id(), st.rid), timeout=10.0)
     except WorkerError:
         pass  # it finished (404) or the worker is gone (503): nothing left to free
-    if not st.done:
-        svc.link.fail(st, WorkerError(410, why))
     svc.metrics.reaped.labels(reason).inc()
     log.warning("stream %s aborted (%s): %s", st.rid, reason, why)
 
