@@ -1,0 +1,116 @@
+"""Per-stream state the scheduler-side hooks share.
+
+SGLang runs one scheduler per process (one per TP rank), and the hooks we get
+(a replaced staticmethod for retraction, an adder class built by the
+scheduler) carry no reference to us, so the state is one process-wide table.
+It also adapts SGLang ``Req`` objects to our ``scheduler.stream.Stream`` so the
+policies in ``scheduler.policies`` rank SGLang requests unchanged.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from scheduler.cost_model import CostModel
+from scheduler.policies import Key, Policy, get_policy
+from scheduler.stream import Mode, Stream
+
+POLICY_ENV = "STREAM2LLM_POLICY"
+COST_MODEL_ENV = "STREAM2LLM_COST_MODEL"
+
+
+@dataclass(eq=False)
+class StreamInfo:
+    """What SGLang's ``Req`` does not know about a streamed request."""
+
+    rid: str
+    mode: Mode
+    seq: int
+    opened_s: float
+    final: bool = False
+    chunks: int = 0
+    first_chunk_s: float | None = None
+    last_chunk_s: float | None = None
+    is_stream: bool = True  # False: a plain one-shot request, seen by the adder
+    req: Any = None  # sglang Req, once the scheduler created it
+    pin: Any = None  # TreeNode we hold one lock on while the stream is parked
+    parked: bool = False  # all received input computed, waiting for a chunk
+    pending_input: Any = None  # update that arrived while the req was in a forward
+    tokens_invalidated: int = 0
+
+    def note_chunk(self, now: float, final: bool) -> None:
+        if self.first_chunk_s is None:
+            self.first_chunk_s = now
+        self.last_chunk_s = now
+        self.chunks += 1
+        self.final = self.final or final
+
+
+@dataclass
+class StreamTable:
+    """All live streams of this scheduler process, plus policy and cost model."""
+
+    policy: Policy = field(default_factory=lambda: get_policy(os.environ.get(POLICY_ENV, "ours")))
+    cost_model: CostModel | None = None
+    clock: Any = time.monotonic
+    streams: dict[str, StreamInfo] = field(default_factory=dict)
+    parked: dict[str, Any] = field(default_factory=dict)  # rid -> Req out of SGLang's queues
+    scheduler: Any = None
+    decisions: dict[str, int] = field(default_factory=lambda: {"recompute": 0, "swap": 0})
+    _seq: Any = field(default_factory=itertools.count)
+
+    def open(self, rid: str, mode: Mode, final: bool = False) -> StreamInfo:
+        now = self.clock()
+        info = StreamInfo(rid=rid, mode=mode, seq=next(self._seq), opened_s=now)
+        self.streams[rid] = info
+        return info
+
+    def info(self, req: Any) -> StreamInfo:
+        """The stream of ``req``; a one-shot request gets a final pseudo-stream."""
+        info = self.streams.get(req.rid)
+        if info is None:
+            now = self.clock()
+            info = StreamInfo(req.rid, "append", next(self._seq), now, final=True,
+                              chunks=1, first_chunk_s=now, last_chunk_s=now, is_stream=False)
+            self.streams[req.rid] = info
+        return info
+
+    def is_partial(self, req: Any) -> bool:
+        """True while more input may come: such a request must never be sampled."""
+        info = self.streams.get(req.rid)
+        return info is not None and not info.final
+
+    def as_stream(self, req: Any) -> Stream:
+        """Adapter: the fields our policies read, taken from SGLang's ``Req``."""
+        info = self.info(req)
+        return Stream(
+            rid=req.rid, mode=info.mode, seq=info.seq, opened_s=info.opened_s,
+            input_ids=list(req.origin_input_ids), final=info.final, chunks=info.chunks,
+            first_chunk_s=info.first_chunk_s, last_chunk_s=info.last_chunk_s,
+            outputs=list(req.output_ids), computed=int(req.prefix_len or 0),
+        )
+
+    def key(self, req: Any, now: float | None = None) -> Key:
+        return self.policy.key(self.as_stream(req), self.clock() if now is None else now)
+
+    def forget(self, rid: str) -> None:
+        self.streams.pop(rid, None)
+        self.parked.pop(rid, None)
+
+
+TABLE = StreamTable()
+
+
+def reset_table(**kwargs: Any) -> StreamTable:
+    """Replace the process-wide table (tests, and a scheduler re-init)."""
+    global TABLE
+    TABLE = StreamTable(**kwargs)
+    return TABLE
+
+
+def table() -> StreamTable:
+    return TABLE
