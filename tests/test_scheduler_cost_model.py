@@ -16,7 +16,10 @@ def test_shipped_profiles_load_and_fit_well() -> None:
         available_profiles())
     for name in ("h200-tp2-llama3-8b", "h100-tp2-llama3-8b", "cpu-reference"):
         cm = CostModel.load(name)
-        assert cm.derived and cm.prefill.r2 > 0.99 and cm.swap.r2 > 0.99 and cm.step.r2 > 0.9
+        if cm.derived:  # first-principles curves: the fits must be near perfect
+            assert cm.prefill.r2 > 0.99 and cm.swap.r2 > 0.99 and cm.step.r2 > 0.9
+        else:  # measured on a machine (stream2llm profile): noisy, but usable
+            assert name == "cpu-reference" and cm.prefill.r2 > 0.5 and cm.swap.r2 > 0.5
         assert cm.kv_capacity_tokens and cm.kv_capacity_tokens > 0
         ns = [16, 256, 4096, 65536]
         pre = [cm.prefill_s(n) for n in ns]
