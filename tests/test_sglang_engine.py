@@ -187,7 +187,7 @@ def test_plain_sglang_adder_would_sample_the_partial_request(sched: SimpleNamesp
 
 def test_policy_orders_the_waiting_queue(sched: SimpleNamespace) -> None:
     a = _open(sched, "a", [1, 2])
-    b = _open(sched, "b", [3, 4], final=True)
+    _open(sched, "b", [3, 4], final=True)
     c = _open(sched, "c", [5, 6])
     plain = Req("plain", "", array("q", [7]), SamplingParams(max_new_tokens=1))
     sched.waiting_queue.append(plain)
