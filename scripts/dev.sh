@@ -14,6 +14,12 @@ PY=${PYTHON:-python3}
 
 have_gpu() { command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; }
 
+# pip's resolver complains that --no-deps sglang "requires" the CUDA stack we
+# deliberately leave out (docs/install.md); keep those lines out of the log.
+pip_quiet() {
+  "$@" 2> >(grep -v -E "^(ERROR: pip's dependency resolver|sglang 0\.5\.23 requires )" >&2)
+}
+
 install() {
   local stamp="$VENV/.stream2llm-installed"
   local want
@@ -21,7 +27,7 @@ install() {
   if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then return 0; fi
   echo "[stream2llm] setting up $VENV (first run takes a few minutes)" >&2
   [[ -x "$VENV/bin/python" ]] || "$PY" -m venv "$VENV"
-  local pip=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
+  local pip=(pip_quiet "$VENV/bin/python" -m pip --disable-pip-version-check -q)
   "${pip[@]}" install --upgrade pip setuptools wheel
   if have_gpu; then
     # GPU machine: the full sglang install with its CUDA stack.
