@@ -35,7 +35,7 @@ def bench(n_streams: int, steps: int, policy: str, active: int, budget: int) -> 
     while sched._work:  # prefill everyone once: all pinned and waiting
         plan = sched.schedule(now)
         sched.finish_step(plan, {}, now)
-    times, decide = [], []
+    times, decide, acquire = [], [], []
     nxt = n_streams
     n_items = 0
     for _ in range(steps):
@@ -49,6 +49,7 @@ def bench(n_streams: int, steps: int, policy: str, active: int, budget: int) -> 
         plan = sched.schedule(now)
         times.append(time.perf_counter() - t0)
         decide.append(sched.last_decision_s)
+        acquire.append(sched.last_acquire_s)
         n_items += len(plan.items)
         sched.finish_step(plan, {it.rid: 1 for it in plan.items if it.sample}, now)
         while len(sched.streams) < n_streams:  # keep the population constant
@@ -56,11 +57,13 @@ def bench(n_streams: int, steps: int, policy: str, active: int, budget: int) -> 
             nxt += 1
             sched.open(rid, "append", now)
             sched.add_chunk(rid, [nxt % 50000] * 32, False, now)
-    us, du = np.array(times) * 1e6, np.array(decide) * 1e6
-    return {"streams": n_streams, "mean_us": float(us.mean()), "p50_us": float(np.median(us)),
-            "p99_us": float(np.percentile(us, 99)), "decide_mean_us": float(du.mean()),
-            "decide_p50_us": float(np.median(du)), "decide_p99_us": float(np.percentile(du, 99)),
-            "items": n_items / steps}
+    out: dict[str, float] = {"streams": n_streams, "items": n_items / steps}
+    for name, xs in (("", times), ("decide_", decide), ("acquire_", acquire)):
+        us = np.array(xs) * 1e6
+        out[f"{name}mean_us"] = float(us.mean())
+        out[f"{name}p50_us"] = float(np.median(us))
+        out[f"{name}p99_us"] = float(np.percentile(us, 99))
+    return out
 
 
 def main() -> None:
@@ -73,14 +76,14 @@ def main() -> None:
     ap.add_argument("--token-budget", type=int, default=2048)
     a = ap.parse_args()
     print(f"policy={a.policy} active={a.active} budget={a.token_budget}")
-    print("decide = policy ordering + plan walk; schedule = decide + KV resume/reserve")
-    print(f"{'streams':>8} {'decide_mean':>12} {'decide_p50':>11} {'decide_p99':>11} "
-          f"{'sched_mean':>11} {'sched_p50':>10} {'sched_p99':>10} {'items':>6}   (us)")
+    print("decide = policy ordering + plan walk; acquire = KV resume/reserve (allocator);")
+    print("schedule = the whole schedule() call. Each: mean / P50 / P99 in us")
+    print(f"{'streams':>8} {'decide':>22} {'acquire':>22} {'schedule':>22} {'items':>6}")
     for n in (int(x) for x in a.streams.split(",")):
         r = bench(n, a.steps, a.policy, a.active, a.token_budget)
-        print(f"{n:>8} {r['decide_mean_us']:>12.1f} {r['decide_p50_us']:>11.1f} "
-              f"{r['decide_p99_us']:>11.1f} {r['mean_us']:>11.1f} {r['p50_us']:>10.1f} "
-              f"{r['p99_us']:>10.1f} {r['items']:>6.1f}", flush=True)
+        cols = [" / ".join(f"{r[f'{k}{s}_us']:.1f}" for s in ("mean", "p50", "p99"))
+                for k in ("decide_", "acquire_", "")]
+        print(f"{n:>8} {cols[0]:>22} {cols[1]:>22} {cols[2]:>22} {r['items']:>6.1f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from scheduler.policies import get_policy
 from scheduler.stream import InputTooLong, SamplingParams
 from scheduler.trace import Chunk, Query
 
-_CHUNK, _STEP = 0, 1
+_CHUNK, _STEP, _WAKE = 0, 1, 2  # _WAKE: a policy's hold ends (StepPlan.retry_at)
 
 
 def make_kv(capacity_tokens: int, page_size: int, host_capacity_tokens: int | None) -> Any:
@@ -131,6 +131,7 @@ def simulate(
 
         bar = tqdm(total=len(qs), desc=cfg.label(), unit="q", mininterval=1.0, leave=False)
     half_swap = lambda n: cm.swap_s(n) / 2  # noqa: E731  (one direction of the out+in curve)
+    wake_at = math.inf  # pending _WAKE event, if any (one at a time is enough)
 
     while heap:
         now, _, kind, i, j = heapq.heappop(heap)
@@ -148,6 +149,8 @@ def simulate(
             if j + 1 < len(q.chunks):
                 heapq.heappush(heap, (q.arrival_s + q.chunks[j + 1].t_s, order, _CHUNK, i, j + 1))
                 order += 1
+        elif kind == _WAKE:
+            wake_at = math.inf
         else:
             sampled = {it.rid: 1 for it in plan.items if it.sample}  # type: ignore[union-attr]
             for ev in sched.finish_step(plan, sampled, now):  # type: ignore[arg-type]
@@ -174,6 +177,10 @@ def simulate(
                 res.busy_s += dur
                 plan = p
                 heapq.heappush(heap, (now + dur, order, _STEP, -1, -1))
+                order += 1
+            elif p.retry_at is not None and p.retry_at < wake_at:  # idle until a hold ends
+                wake_at = p.retry_at
+                heapq.heappush(heap, (wake_at, order, _WAKE, -1, -1))
                 order += 1
     if bar is not None:
         bar.close()

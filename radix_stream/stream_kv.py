@@ -299,9 +299,48 @@ class StreamKVCache:
             got = self._alloc(extra)
             if got is None:
                 return None
-            s.private = torch.cat((s.private, got))
+            s.private = torch.cat((s.private, got)) if len(s.private) else got
         s.reserved = n
         return s.private[offset : offset + n]
+
+    def reserve_many(self, requests: Sequence[tuple[str, int]]) -> list[torch.Tensor] | None:
+        """``reserve`` for several streams with *one* allocator call, all or nothing.
+
+        Why: SGLang's paged ``alloc`` costs ~20 us of small torch ops per call
+        whatever the size, so a step with ten items paid ~10 calls; here the pages
+        are taken once and sliced per stream (page aligned, since every stream's
+        private run is whole pages). Returns the slots in request order, or None
+        with nothing reserved when the pool cannot provide them all.
+        """
+        todo: list[tuple[_Stream, int, int, int]] = []
+        seen: set[str] = set()
+        total = 0
+        for rid, n in requests:
+            s = self._get(rid)
+            if not s.pinned or s.swapped is not None:
+                raise StreamKVError(f"stream {rid!r} is not resident")
+            if s.reserved or rid in seen:
+                raise StreamKVError(f"stream {rid!r} already has a reservation")
+            seen.add(rid)
+            offset = s.computed - s.tree_len
+            extra = max(0, self._ceil(offset + n) - len(s.private))
+            todo.append((s, n, offset, extra))
+            total += extra
+        if total > self.available():
+            return None
+        got = self._alloc(total)
+        if got is None:
+            return None
+        out: list[torch.Tensor] = []
+        pos = 0
+        for s, n, offset, extra in todo:
+            if extra:
+                piece = got[pos : pos + extra]
+                pos += extra
+                s.private = torch.cat((s.private, piece)) if len(s.private) else piece
+            s.reserved = n
+            out.append(s.private[offset : offset + n])
+        return out
 
     def cancel(self, rid: str) -> None:
         """Give back a reservation that will not be computed."""

@@ -57,7 +57,12 @@ class Scheduler:
         self.streams: dict[str, Stream] = {}
         self._seq = 0
         self._inflight: StepPlan | None = None
-        self.last_decision_s = 0.0
+        self.last_decision_s = 0.0  # policy ordering + plan walk of the last schedule()
+        self.last_acquire_s = 0.0  # KV resume/reserve/preempt of the last schedule()
+        pol = type(self.policy)
+        self._holds = pol.hold_until is not Policy.hold_until
+        self._limited = self._holds or pol.partial_step_tokens is not None
+        self._wake = float("inf")  # earliest end of a hold seen by the last plan walk
         self._work: dict[str, Stream] = {}  # streams with pending > 0 (kept incrementally)
         self.stats: dict[str, int] = {
             "recompute": 0,
@@ -149,14 +154,17 @@ class Scheduler:
         work = sorted(
             (s for s in self._work.values() if not s.abort_pending), key=lambda s: key(s, now)
         )
-        chosen, fits = self._plan_fast(work)
+        chosen, fits = self._plan_fast(work, now)
         order: list[Stream] | None = None
         if not fits:  # memory binds: rank everyone (lower-ranked holders are preemptible)
             order = self.full_order(now)
-            chosen = self._plan_with_memory(order)
+            chosen = self._plan_with_memory(order, now)
         self.last_decision_s = perf_counter() - t0  # policy + plan, without KV allocation
+        if self._wake < float("inf"):
+            plan.retry_at = self._wake
         if chosen:
             self._acquire(order, chosen, plan, now)
+        self.last_acquire_s = perf_counter() - t0 - self.last_decision_s
         if plan.items:
             self._inflight = plan
             self.stats["steps"] += 1
@@ -168,37 +176,62 @@ class Scheduler:
             (s for s in self.streams.values() if not s.abort_pending), key=lambda s: key(s, now)
         )
 
-    def plan(self, order: list[Stream]) -> list[tuple[Stream, int]]:
+    def plan(self, order: list[Stream], now: float = 0.0) -> list[tuple[Stream, int]]:
         """Phase 1, no mutation: which streams run and how many tokens each."""
-        chosen, fits = self._plan_fast(order)
-        return chosen if fits else self._plan_with_memory(order)
+        chosen, fits = self._plan_fast(order, now)
+        return chosen if fits else self._plan_with_memory(order, now)
 
-    def _plan_fast(self, order: list[Stream]) -> tuple[list[tuple[Stream, int]], bool]:
+    def _cap(self, s: Stream, n: int, now: float, partial: int) -> int:
+        """The policy's limits on a partial stream: held back (0) or the per-step cap
+        on partial prefill (``partial`` tokens of it already planned)."""
+        if s.final:
+            return n
+        if self._holds:
+            t = self.policy.hold_until(s, now)
+            if t is not None and t > now:
+                self._wake = min(self._wake, t)
+                return 0
+        cap = self.policy.partial_step_tokens
+        return n if cap is None else min(n, cap - partial)
+
+    def _plan_fast(
+        self, order: list[Stream], now: float = 0.0
+    ) -> tuple[list[tuple[Stream, int]], bool]:
         """Token budget only; ``fits`` if free + evictable memory covers it (then the
         memory-aware walk would choose exactly the same)."""
         budget = self.token_budget
         max_items = self.max_batch or 1 << 30
         page = self.page
+        limited = self._limited
+        self._wake = float("inf")
         out: list[tuple[Stream, int]] = []
-        need = 0
+        need = partial = 0
         for s in order:  # fast path: the token budget binds before memory does
             if budget <= 0 or len(out) >= max_items:
                 break
             p = s.pending
             if p > 0:
                 n = p if p < budget else budget
+                if limited and not s.final:
+                    n = self._cap(s, n, now, partial)
+                    if n <= 0:
+                        continue
+                    partial += n
                 out.append((s, n))
                 budget -= n
                 need += n + s.swapped_tokens + page
         return out, need <= self.kv.available()
 
-    def _plan_with_memory(self, order: list[Stream]) -> list[tuple[Stream, int]]:
+    def _plan_with_memory(self, order: list[Stream], now: float = 0.0) -> list[tuple[Stream, int]]:
         held = [self.kv.held_tokens(s.rid) if s.computed else 0 for s in order]
         mem = self.kv.available() + sum(held)
         budget = self.token_budget
         max_items = self.max_batch or 1 << 30
         page = self.page
+        limited = self._limited
+        self._wake = float("inf")
         out: list[tuple[Stream, int]] = []
+        partial = 0
         for s, h in zip(order, held, strict=True):
             mem -= h  # ranked at or above the next candidates: not preemptible for them
             if budget <= 0 or len(out) >= max_items:
@@ -208,6 +241,9 @@ class Scheduler:
                 continue
             room = mem - s.swapped_tokens - page
             n = min(p, budget, room)
+            if limited and not s.final and n > 0:
+                n = self._cap(s, n, now, partial)
+                partial += max(n, 0)
             if n <= 0:
                 continue
             out.append((s, n))
@@ -248,24 +284,27 @@ class Scheduler:
                 return True
             return False
 
+        batch = self._reserve_batch(chosen) if order is None else {}
         for s, n in chosen:
-            if s.preempted is not None:
-                if not self._resume(s, n, plan, preempt_one):
-                    continue
-                n = min(n, s.pending)
-                if n <= 0:
-                    continue
-            slots = self.kv.reserve(s.rid, n)
-            while slots is None and preempt_one(s, n):
+            slots = batch.get(id(s))
+            if slots is None:
+                if s.preempted is not None:
+                    if not self._resume(s, n, plan, preempt_one):
+                        continue
+                    n = min(n, s.pending)
+                    if n <= 0:
+                        continue
                 slots = self.kv.reserve(s.rid, n)
-            if slots is None:  # shrink to what fits (a partial chunk of prefill)
-                fit = (self.kv.available() // self.page) * self.page - self.page
-                if fit <= 0:
-                    continue
-                n = min(n, fit)
-                slots = self.kv.reserve(s.rid, n)
-                if slots is None:
-                    continue
+                while slots is None and preempt_one(s, n):
+                    slots = self.kv.reserve(s.rid, n)
+                if slots is None:  # shrink to what fits (a partial chunk of prefill)
+                    fit = (self.kv.available() // self.page) * self.page - self.page
+                    if fit <= 0:
+                        continue
+                    n = min(n, fit)
+                    slots = self.kv.reserve(s.rid, n)
+                    if slots is None:
+                        continue
             start = s.computed
             decode = bool(s.outputs) and n == 1 and start == s.seq_len - 1
             plan.items.append(
@@ -281,6 +320,20 @@ class Scheduler:
             s.in_flight = True
             s.last_sched_s = now
             self._touch(s)
+
+    def _reserve_batch(self, chosen: list[tuple[Stream, int]]) -> dict[int, Any]:
+        """Fast path (the plan fits in free + evictable memory): reserve every resident
+        item with one ``kv.reserve_many`` call. The allocator's fixed per-call cost was
+        most of ``schedule()`` (docs/performance.md); ``{}`` leaves every item to the
+        one-by-one path (KV managers without ``reserve_many``, or the pool said no)."""
+        many = getattr(self.kv, "reserve_many", None)
+        ready = [(s, n) for s, n in chosen if s.preempted is None]
+        if many is None or len(ready) < 2:
+            return {}
+        got = many([(s.rid, n) for s, n in ready])
+        if got is None:
+            return {}
+        return {id(s): slots for (s, _), slots in zip(ready, got, strict=True)}
 
     def finish_step(self, plan: StepPlan, sampled: dict[str, int], now: float) -> list[Event]:
         """Commit a computed plan; ``sampled`` has one token per item with ``sample``."""

@@ -40,6 +40,9 @@ class StepPlan:
     items: list[PlanItem] = field(default_factory=list)
     preempted: list[Preemption] = field(default_factory=list)
     swapped_in: list[tuple[str, int]] = field(default_factory=list)  # (rid, tokens restored)
+    # Earliest time a stream the policy held back becomes runnable (None: nobody held).
+    # An engine with nothing else to do should call schedule() again by then.
+    retry_at: float | None = None
 
     @property
     def num_tokens(self) -> dict[str, int]:

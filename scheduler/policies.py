@@ -35,9 +35,22 @@ class Policy:
     """Base class: subclasses set ``name`` and implement ``key``."""
 
     name: ClassVar[str] = ""
+    #: Cap on the tokens of *partial*-input prefill in one step (None: no cap). A step
+    #: cannot be interrupted, so partial work in it delays any final chunk that lands
+    #: meanwhile; a cap bounds that delay at the price of smaller steps.
+    partial_step_tokens: ClassVar[int | None] = None
 
     def key(self, s: Stream, now: float) -> Key:
         raise NotImplementedError
+
+    def hold_until(self, s: Stream, now: float) -> float | None:
+        """Time before which the partial stream ``s`` must not be prefilled, or None.
+
+        Lets a policy leave young update-mode versions alone (they are often replaced
+        before they become final, and then their prefill was wasted). The scheduler only
+        calls it when a subclass overrides it, and never for a final input.
+        """
+        return None
 
     def victim_key(self, s: Stream, now: float) -> Key | None:
         """Sort key among eviction candidates (ascending = evicted first).

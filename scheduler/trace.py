@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 from typing import Literal
 
@@ -108,7 +109,7 @@ def query_from_json(obj: object) -> Query:
             )
     except (KeyError, TypeError, AttributeError) as exc:
         raise TraceError(f"malformed trace line: {exc!r}") from exc
-    if any(b.t_s < a.t_s for a, b in zip(chunks, chunks[1:])):
+    if any(b.t_s < a.t_s for a, b in pairwise(chunks)):
         raise TraceError("chunk times must not decrease")
     if not chunks[-1].final or any(c.final for c in chunks[:-1]):
         raise TraceError("exactly the last chunk must be final")

@@ -230,3 +230,29 @@ def test_close_returns_everything() -> None:
     f.kv.close("a", keep_cache=False)
     f.kv.check()
     assert f.kv.stats().free == 64
+
+
+@pytest.mark.parametrize("page", [1, 4])
+def test_reserve_many_equals_one_by_one_reserve(page: int) -> None:
+    """One allocator call for a batch: same positions, page-aligned runs, exact KV."""
+    f = FakeKV(256, page)
+    ids = {r: TEMPLATE + doc(i, 13) for i, r in enumerate("abc", 1)}
+    for r in ids:
+        f.kv.open(r)
+    f.compute("a", ids["a"], 5)  # a partial page stays private: the batch extends it
+    reqs = [("a", 11), ("b", 9), ("c", 1)]
+    got = f.kv.reserve_many(reqs)
+    assert got is not None and [len(x) for x in got] == [11, 9, 1]
+    for (r, n), slots in zip(reqs, got, strict=True):
+        start = f.kv.computed(r)
+        hashes = prefix_hashes(ids[r][: start + n])[start:]
+        f.content[slots] = torch.tensor(hashes, dtype=torch.int64)
+        f.kv.commit(r, ids[r][start : start + n])
+        f.assert_content(r)
+    f.kv.check()
+    with pytest.raises(StreamKVError):
+        f.kv.reserve_many([("a", 1), ("a", 1)])
+    f.kv.check()  # the failed call reserved nothing
+    assert f.kv.reserve_many([("a", 1), ("b", 10_000)]) is None  # all or nothing
+    assert f.kv._streams["a"].reserved == 0
+    f.kv.check()

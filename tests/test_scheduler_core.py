@@ -265,3 +265,36 @@ def test_random_traffic_invariants(ops, policy, preemption, mode, page) -> None:
                 if not x.preempted:
                     assert s.kv.token_ids(x.rid) == (x.input_ids + x.outputs)[: x.computed]
         s.kv.check()
+
+
+def test_held_update_version_waits_and_retry_at_says_until_when() -> None:
+    from scheduler.ours import OursPolicy
+
+    hold = OursPolicy.HOLD_S
+    s = new(cap=1024, policy="ours", budget=512)
+    s.open("u", "update", 0.0)
+    s.add_chunk("u", list(range(40)), False, 0.0)
+    plan, _ = step(s, 0.0)
+    assert plan.empty and plan.retry_at == pytest.approx(hold)  # young version: held
+    s.add_chunk("u", list(range(20)) + [99] * 20, False, 0.5 * hold)  # replaced: hold restarts
+    plan, _ = step(s, hold)
+    assert plan.empty and plan.retry_at == pytest.approx(1.5 * hold)
+    plan, _ = step(s, 1.5 * hold)  # stable long enough: prefilled
+    assert plan.num_tokens == {"u": min(40, OursPolicy.partial_step_tokens or 40)}
+    s.add_chunk("u", list(range(20)) + [98] * 10, True, 2 * hold)  # a final input: never held
+    plan, ev = step(s, 2 * hold)
+    assert plan.items and plan.items[0].sample and [e.kind for e in ev][0] == "first_token"
+
+
+def test_partial_prefill_per_step_is_capped_but_final_work_is_not(monkeypatch) -> None:
+    from scheduler.ours import OursPolicy
+
+    monkeypatch.setattr(OursPolicy, "partial_step_tokens", 16)
+    s = new(cap=1024, policy="ours", budget=512)
+    for r in "ab":
+        s.open(r, "append", 0.0)
+        s.add_chunk(r, list(range(40)), False, 0.0)
+    s.open("f", "append", 0.0)
+    s.add_chunk("f", list(range(100, 200)), True, 0.0)
+    plan, _ = step(s, 0.0)
+    assert plan.num_tokens == {"f": 100, "a": 16}  # partial work shares 16 tokens

@@ -80,3 +80,31 @@ def test_registry_and_unknown_name() -> None:
     assert set(POLICIES) >= {"default", "fcfs", "lcas", "lcas-desc", "mcps", "ours"}
     with pytest.raises(ValueError, match="unknown policy"):
         get_policy("nope")
+
+
+def test_ours_shortest_final_first_with_aging() -> None:
+    from scheduler.ours import OursPolicy
+
+    p = get_policy("ours")
+    rate, age = OursPolicy.TOKENS_PER_S, OursPolicy.AGING
+    big = mk("big", 0, first=0.0, last=10.0, final=True, n_in=int(rate))  # ~1 s of prefill
+    small = mk("small", 1, first=1.0, last=10.0, final=True, n_in=100)
+    assert p.key(small, 10.0) < p.key(big, 10.0)  # both just final: the short one first
+    # aging: once ``big`` has waited (size_s / AGING) longer, it outranks a new short one
+    later = 10.0 + 1.0 / age + 0.1
+    small.final_s = later
+    assert p.key(big, later) < p.key(small, later)
+    # partial streams stay behind every complete one, whatever their size
+    part = mk("part", 2, first=0.0, last=later, n_in=5)
+    assert p.key(big, later) < p.key(part, later)
+
+
+def test_ours_holds_only_young_partial_update_versions() -> None:
+    from scheduler.ours import OursPolicy
+
+    p = get_policy("ours")
+    upd = mk("u", 0, first=0.0, last=5.0)
+    upd.mode = "update"
+    assert p.hold_until(upd, 5.0) == 5.0 + OursPolicy.HOLD_S
+    app = mk("a", 1, first=0.0, last=5.0)
+    assert p.hold_until(app, 5.0) is None  # append chunks are never wasted
