@@ -50,12 +50,19 @@ class StreamInfo:
         self.final = self.final or final
 
 
+def _cost_model_from_env() -> CostModel | None:
+    """``STREAM2LLM_COST_MODEL`` names a shipped profile or a JSON file; unset
+    means retraction always recomputes (SGLang's own behaviour)."""
+    name = os.environ.get(COST_MODEL_ENV)
+    return CostModel.load(name) if name else None
+
+
 @dataclass
 class StreamTable:
     """All live streams of this scheduler process, plus policy and cost model."""
 
     policy: Policy = field(default_factory=lambda: get_policy(os.environ.get(POLICY_ENV, "ours")))
-    cost_model: CostModel | None = None
+    cost_model: CostModel | None = field(default_factory=lambda: _cost_model_from_env())
     clock: Any = time.monotonic
     streams: dict[str, StreamInfo] = field(default_factory=dict)
     parked: dict[str, Any] = field(default_factory=dict)  # rid -> Req out of SGLang's queues
