@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import random
 import signal
+import subprocess
+import sys
 import time
 
 import httpx
@@ -14,7 +16,7 @@ import pytest
 from server_helpers import prompt, server
 
 from srt_ext.client import AsyncClient, Client, ServerError
-from srt_ext.launch import launch_server
+from srt_ext.launch import ServerHandle, _free_socket, _wait_healthy
 
 pytestmark = pytest.mark.timeout(180)
 SP = {"max_new_tokens": 4}
@@ -147,24 +149,34 @@ def test_killed_worker_is_restarted_and_health_recovers():
         assert "stream2llm_worker_restarts_total 1.0" in httpx.get(h.url + "/metrics").text
 
 
-def test_sigterm_drains_then_exits_zero():
-    h = launch_server(subprocess=True, max_total_tokens=1024, threads=1, shutdown_grace=3.0,
-                      log_level="warning")  # fmt: skip
-    try:
-        with h.client() as c:
-            busy = c.open_stream(sampling_params=SP, input_ids=prompt(10, 30))
-            stuck = c.open_stream(sampling_params=SP, input_ids=prompt(11, 30))
-            h._proc.send_signal(signal.SIGTERM)
-            assert wait_for(lambda: not c.health(), timeout=10)
-            with pytest.raises(ServerError) as e:  # new work is refused ...
-                c.open_stream(sampling_params=SP)
-            assert e.value.status == 503 and "shutting down" in e.value.reason
-            c.send_chunk(busy, input_ids=[1000], final=True)  # ... in-flight work finishes
-            assert len(c.result(busy)["output_ids"]) == 4
-            assert _status(c, stuck) == 410  # still open when the grace period ended: aborted
-        assert h._proc.wait(30) == 0
-    finally:
-        h.stop()
+@pytest.fixture(scope="module", autouse=True)
+def serve_proc():
+    """A `stream2llm serve` child for the SIGTERM test, started when this module
+    starts: its imports (~10-40 s on a busy machine) overlap the other tests."""
+    with _free_socket("127.0.0.1") as sock:
+        port = sock.getsockname()[1]
+    argv = [sys.executable, "-m", "stream2llm.cli", "serve", "--port", str(port), "--threads", "1",
+            "--max-total-tokens", "1024", "--shutdown-grace", "3", "--log-level", "warning"]
+    h = ServerHandle(f"http://127.0.0.1:{port}", None, proc=subprocess.Popen(argv))
+    yield h
+    h.stop()
+
+
+def test_sigterm_drains_then_exits_zero(serve_proc):
+    h = serve_proc
+    _wait_healthy(h, 300)
+    with h.client() as c:
+        busy = c.open_stream(sampling_params=SP, input_ids=prompt(10, 30))
+        stuck = c.open_stream(sampling_params=SP, input_ids=prompt(11, 30))
+        h._proc.send_signal(signal.SIGTERM)
+        assert wait_for(lambda: not c.health(), timeout=10)
+        with pytest.raises(ServerError) as e:  # new work is refused ...
+            c.open_stream(sampling_params=SP)
+        assert e.value.status == 503 and "shutting down" in e.value.reason
+        c.send_chunk(busy, input_ids=[1000], final=True)  # ... in-flight work finishes
+        assert len(c.result(busy)["output_ids"]) == 4
+        assert _status(c, stuck) == 410  # still open when the grace period ended: aborted
+    assert h._proc.wait(30) == 0
 
 
 def _status(c: Client, rid: str) -> int:
