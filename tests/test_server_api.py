@@ -246,7 +246,9 @@ def test_messages_are_validated_msgpack_not_pickle():
 
 
 def test_dead_worker_fails_requests_instead_of_hanging():
-    with server(max_total_tokens=256) as h, h.client() as c:
+    # no restart here (max_worker_restarts=0): it checks the dead state itself;
+    # recovery is tested in test_server_reliability.py
+    with server(max_total_tokens=256, max_worker_restarts=0) as h, h.client() as c:
         rid = c.open_stream(sampling_params=SP, input_ids=[1000, 1001])
         h._server.config.app.state.svc.link.proc.kill()
         with pytest.raises(ServerError) as e:
