@@ -74,6 +74,10 @@ class ChunkRequest(_Input):
     model_config = ConfigDict(extra="forbid")
 
     final: bool = False
+    # Optional: the mode the client believes the stream has. A mismatch (an
+    # update-style whole-input chunk sent to an append stream, or the reverse)
+    # is a client bug that would silently corrupt the input, so it is refused.
+    mode: Literal["append", "update"] | None = None
     # Only with the final chunk: a frontend program knows its gen's parameters
     # only when retrieval ends. Replaces the parameters given at open.
     sampling_params: SamplingParamsModel | None = None

@@ -94,6 +94,8 @@ class Service:
         rid = st.rid
         if st.final or st.done:
             raise WorkerError(409, f"stream {rid} already received its final chunk")
+        if req.mode is not None and req.mode != st.mode:
+            raise WorkerError(409, f"stream {rid} is in {st.mode} mode; this chunk says {req.mode}")
         first = st.mode == "update" or st.input_tokens == 0
         ids = self._ids(req.text, req.input_ids, first=first)
         if not ids and (not req.final or st.mode == "update"):

@@ -205,6 +205,8 @@ def test_stream_errors_4xx(c):
     with pytest.raises(ServerError) as e:
         c.open_stream(rid=rid)
     assert e.value.status == 409
+    r = httpx.post(f"{c.url}/v1/streams/{rid}/chunks", json={"input_ids": [7], "mode": "update"})
+    assert r.status_code == 409 and "append mode" in r.json()["error"]  # a mode mix-up
     c.send_chunk(rid, input_ids=[1000], final=True)
     with pytest.raises(ServerError) as e:
         c.send_chunk(rid, input_ids=[1001])
@@ -214,6 +216,8 @@ def test_stream_errors_4xx(c):
     with pytest.raises(ServerError) as e:
         c.send_chunk(rid, input_ids=[], final=True)
     assert e.value.status == 400
+    r = httpx.post(f"{c.url}/v1/streams/{rid}/chunks", json={"input_ids": [7], "mode": "append"})
+    assert r.status_code == 409 and "update mode" in r.json()["error"]
     c.abort(rid)
 
 
