@@ -141,7 +141,7 @@ class _Crawl:
         try:
             resp = await asyncio.wait_for(self.client.get(f"{origin}/robots.txt"),
                                           self.cfg.timeout_s)
-        except (httpx.HTTPError, asyncio.TimeoutError):
+        except (TimeoutError, httpx.HTTPError):
             return None
         rp = RobotFileParser(f"{origin}/robots.txt")
         if resp.status_code in (401, 403):
@@ -170,7 +170,7 @@ class _Crawl:
                 return
             try:
                 got = await asyncio.wait_for(self.fetch(url), self.cfg.timeout_s)
-            except (asyncio.TimeoutError, httpx.TimeoutException):
+            except (TimeoutError, httpx.TimeoutException):
                 self.st.skip(url, "timeouts")
                 return
             except httpx.HTTPError:

@@ -16,14 +16,14 @@ stream always has exactly one pending token, and a prefill stream has
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Literal
 
 Mode = Literal["append", "update"]
 PreemptKind = Literal["recompute", "swap"]
 
 
-class StreamState(str, Enum):
+class StreamState(StrEnum):
     """Where a stream is in its life (derived, never stored inconsistently)."""
 
     WAITING_INPUT = "waiting_input"  # all received input computed, more chunks to come
