@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from retrievers.corpus import builtin_passages  # noqa: E402
 from retrievers.embed import get_model  # noqa: E402
 from retrievers.hnsw import HnswIndex, IndexFormatError, progressive_search_sync  # noqa: E402
-from retrievers.progressive import lcp_len  # noqa: E402
+from retrievers.progressive import Order, Strategy, lcp_len  # noqa: E402
 
 QUESTIONS = """\
 How does the with statement call __enter__ and __exit__?
@@ -91,7 +91,7 @@ def load_or_build(index_dir: Path | None) -> HnswIndex:
     return index
 
 
-def measure(index: HnswIndex, questions: list[str], k: int, strategy: str, order: str,
+def measure(index: HnswIndex, questions: list[str], k: int, strategy: Strategy, order: Order,
             wordpiece) -> dict[str, float]:
     n_emit, lcp_c, lcp_w, lcp_p, prev_w, prefill_p, total_p = [], 0, 0, 0, 0, 0, 0
     for q in questions:
@@ -133,8 +133,10 @@ def main(argv: list[str] | None = None) -> int:
           "the first): mean LCP with the previous version; wp = MiniLM word pieces")
     print(f"{'strategy':<8} {'order':<6} {'emits':>5} {'LCP ch':>7} {'LCP ws':>7} {'LCP wp':>7} "
           f"{'kept%':>6} {'prefill wp/q':>12} {'no-reuse wp/q':>13}")
-    for strategy in ("shards", "ef"):
-        for order in ("stable", "score"):
+    strategies: tuple[Strategy, ...] = ("shards", "ef")
+    orders: tuple[Order, ...] = ("stable", "score")
+    for strategy in strategies:
+        for order in orders:
             m = measure(index, qs, args.k, strategy, order, wordpiece)
             print(f"{strategy:<8} {order:<6} {m['emissions']:5.2f} {m['lcp_chars']:7.0f} "
                   f"{m['lcp_ws']:7.0f} {m['lcp_wp']:7.0f} {100 * m['kept_frac']:5.1f}% "

@@ -208,17 +208,17 @@ async def replay(url: str, queries: list[Any], streaming: bool, args: argparse.N
 
 def row(label: str, streaming: bool, outs: list[Outcome], server: dict[str, Any],
         completion_s: float, wall_s: float) -> dict[str, Any]:  # fmt: skip
-    from eval.metrics import percentiles, result_row
+    from eval.metrics import PERCENTILE_KEYS, percentiles, result_row
 
     ok = [o for o in outs if o.error is None]
-    r = result_row(label, streaming, [o.ttft_s for o in ok], [o.ttft_from_arrival_s for o in ok],  # type: ignore[misc]
+    r = result_row(label, streaming, [o.ttft_s for o in ok], [o.ttft_from_arrival_s for o in ok],  # type: ignore[misc]  # both set on every outcome without an error
                    completion_s, server["preemptions"], server["tokens_invalidated"])  # fmt: skip
     r["server_ttft_s"] = percentiles(o.server_ttft_s for o in ok if o.server_ttft_s is not None)
     r["requests"], r["unfinished"] = len(outs), len(outs) - len(ok)
     r["errors"] = sorted({o.error for o in outs if o.error})[:5]
     r["wall_s"] = round(wall_s, 2)
     if r["unfinished"]:
-        r["ttft_s"] = {k: math.nan for k in r["ttft_s"]}  # as `sim`: incomplete is not fast
+        r["ttft_s"] = {k: math.nan for k in PERCENTILE_KEYS}  # as `sim`: incomplete is not fast
     return r
 
 

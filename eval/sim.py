@@ -27,6 +27,7 @@ from typing import Any
 
 from scheduler.core import Scheduler
 from scheduler.cost_model import CostModel
+from scheduler.plan import StepPlan
 from scheduler.policies import get_policy
 from scheduler.stream import InputTooLong, SamplingParams
 from scheduler.trace import Chunk, Query
@@ -122,7 +123,7 @@ def simulate(
         heapq.heappush(heap, (q.arrival_s + q.chunks[0].t_s, order, _CHUNK, i, 0))
         order += 1
     res = SimResult(cfg)
-    plan = None
+    plan: StepPlan | None = None  # the step in flight (its _STEP event is in the heap)
     done = 0
     last_finish = 0.0
     bar = None
@@ -152,8 +153,9 @@ def simulate(
         elif kind == _WAKE:
             wake_at = math.inf
         else:
-            sampled = {it.rid: 1 for it in plan.items if it.sample}  # type: ignore[union-attr]
-            for ev in sched.finish_step(plan, sampled, now):  # type: ignore[arg-type]
+            assert plan is not None  # a _STEP event is pushed together with its plan
+            sampled = {it.rid: 1 for it in plan.items if it.sample}
+            for ev in sched.finish_step(plan, sampled, now):
                 k = index[ev.rid]
                 if ev.kind == "first_token":
                     res.ttft_s.append(now - final_at[k])
@@ -195,7 +197,7 @@ def simulate(
 
 def row(res: SimResult) -> dict[str, object]:
     """The results-JSON entry (eval.metrics.result_row schema) plus diagnostics."""
-    from eval.metrics import result_row
+    from eval.metrics import PERCENTILE_KEYS, result_row
 
     out = result_row(
         scheduler=res.config.label(),
@@ -217,5 +219,5 @@ def row(res: SimResult) -> dict[str, object]:
     }
     out["mean_decision_us"] = round(1e6 * res.decision_s / max(res.steps, 1), 1)
     if res.unfinished:
-        out["ttft_s"] = {k: math.nan for k in out["ttft_s"]}  # type: ignore[union-attr]
+        out["ttft_s"] = {k: math.nan for k in PERCENTILE_KEYS}
     return out

@@ -15,7 +15,7 @@ import asyncio
 import codecs
 import hashlib
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 from urllib.robotparser import RobotFileParser
@@ -84,6 +84,14 @@ class CrawlConfig:
 _DONE = object()
 
 
+class _Robots(RobotFileParser):
+    """RobotFileParser with the two flags it sets in ``__init__`` and reads in
+    ``can_fetch`` declared (typeshed leaves them out)."""
+
+    disallow_all: bool
+    allow_all: bool
+
+
 class _Crawl:
     def __init__(self, question: str, max_pages: int, max_depth: int, cfg: CrawlConfig,
                  stats: CrawlStats, client: httpx.AsyncClient) -> None:
@@ -143,7 +151,7 @@ class _Crawl:
                                           self.cfg.timeout_s)
         except (TimeoutError, httpx.HTTPError):
             return None
-        rp = RobotFileParser(f"{origin}/robots.txt")
+        rp = _Robots(f"{origin}/robots.txt")
         if resp.status_code in (401, 403):
             rp.disallow_all = True
         elif resp.status_code >= 400:
@@ -285,7 +293,7 @@ async def crawl(
     config: CrawlConfig | None = None,
     stats: CrawlStats | None = None,
     client: httpx.AsyncClient | None = None,
-) -> AsyncIterator[Page]:
+) -> AsyncGenerator[Page, None]:
     """Crawl from ``seeds`` (depth 0) and yield relevant pages as they are ready,
     at most ``max_pages``; pass ``stats`` to see what was skipped and why. Close
     early with ``contextlib.aclosing`` so pending fetches are cancelled at once."""

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -97,6 +97,11 @@ def lcp_tokens(a: str, b: str, tokenize: Callable[[str], Sequence[object]] = str
     return lcp_len(tokenize(a), tokenize(b))
 
 
+def _in_shard(s: int, n_shards: int) -> Callable[[int], bool]:
+    """Filter for shard ``s`` of ``n_shards`` (labels round-robin over the shards)."""
+    return lambda lab: lab % n_shards == s
+
+
 def _merge(a: Sequence[Hit], b: Sequence[Hit], k: int) -> list[Hit]:
     seen: dict[str, Hit] = {}
     for h in [*a, *b]:
@@ -123,8 +128,7 @@ def search_steps(
             raise ValueError("n_shards must be >= 1")
         best: list[Hit] = []
         for s in range(n_shards):
-            part = index.search_vector(qvec, k, ef=2 * k,
-                                       filter=lambda lab, s=s: lab % n_shards == s)
+            part = index.search_vector(qvec, k, ef=2 * k, filter=_in_shard(s, n_shards))
             best = _merge(best, part, k)
             yield f"shard {s + 1}/{n_shards}", best
     else:
@@ -162,7 +166,7 @@ async def progressive_search(
     n_shards: int = 4,
     step_delay_s: float = 0.0,
     template: str = DEFAULT_TEMPLATE,
-) -> AsyncIterator[Version]:
+) -> AsyncGenerator[Version, None]:
     """Yield a :class:`Version` each time the top-k changes; the last one has
     ``final=True`` and the exact top-k set. Embedding runs in a worker thread so
     other retrieval (or a live stream) keeps going meanwhile."""

@@ -18,7 +18,7 @@ offset from the start, giving a :class:`scheduler.trace.Query` that replays in
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
 from contextlib import aclosing
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +29,7 @@ from scheduler.trace import Chunk, Mode, Query
 if TYPE_CHECKING:
     from retrievers.hnsw import HnswIndex
 
-ChunkStream = AsyncIterator[tuple[str, bool]]
+ChunkStream = AsyncGenerator[tuple[str, bool], None]
 
 
 def page_block(page: Page) -> str:
@@ -65,7 +65,7 @@ async def crawl_chunks(
     """Crawl and yield append chunks; ``on_page(page)`` sees each page (CLI printing,
     trace metadata); ``crawl_kw`` go to :func:`retrievers.crawler.crawl`."""
 
-    async def pages() -> AsyncIterator[Page]:
+    async def pages() -> AsyncGenerator[Page, None]:
         async with aclosing(crawl(seeds, question, **crawl_kw)) as it:
             async for page in it:
                 if on_page is not None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
+from typing import TypedDict
 
 from scheduler.cost_model import PROFILE_DIR, attention_pairs
 
@@ -44,7 +45,19 @@ class Hardware:
     weight_bytes: float
 
 
-LLAMA3_8B = dict(params=8.03e9, layers=32, d_model=4096, kv_bytes_per_token=131072, weight_bytes=16.06e9)
+class ModelShape(TypedDict):
+    """The model fields of :class:`Hardware`, typed as there (splatted into it)."""
+
+    params: float
+    layers: int
+    d_model: int
+    kv_bytes_per_token: int
+    weight_bytes: float
+
+
+LLAMA3_8B = ModelShape(
+    params=8.03e9, layers=32, d_model=4096, kv_bytes_per_token=131072, weight_bytes=16.06e9
+)
 
 HARDWARE = [
     Hardware(

@@ -20,11 +20,11 @@ class SamplingParamsModel(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    max_new_tokens: int = Field(16, ge=1)
-    temperature: float = Field(0.0, ge=0.0, allow_inf_nan=False)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    top_k: int = Field(-1, ge=-1)  # -1 or 0 = off (SGLang uses -1)
-    seed: int | None = Field(None, ge=0, lt=2**31)
+    max_new_tokens: int = Field(default=16, ge=1)
+    temperature: float = Field(default=0.0, ge=0.0, allow_inf_nan=False)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    top_k: int = Field(default=-1, ge=-1)  # -1 or 0 = off (SGLang uses -1)
+    seed: int | None = Field(default=None, ge=0, lt=2**31)
     stop: str | list[str] | None = None
     stop_token_ids: list[int] | None = None
     ignore_eos: bool = False
@@ -67,7 +67,7 @@ class OpenStreamRequest(_Input):
     mode: Literal["append", "update"] = "append"
     sampling_params: SamplingParamsModel = Field(default_factory=SamplingParamsModel)
     final: bool = False
-    rid: str | None = Field(None, min_length=1, max_length=128)
+    rid: str | None = Field(default=None, min_length=1, max_length=128)
 
 
 class ChunkRequest(_Input):
@@ -98,14 +98,14 @@ class CompletionRequest(BaseModel):
 
     model: str | None = None
     prompt: str | list[int] | list[str]
-    max_tokens: int = Field(16, ge=1)
-    temperature: float = Field(1.0, ge=0.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_tokens: int = Field(default=16, ge=1)
+    temperature: float = Field(default=1.0, ge=0.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     top_k: int = -1
     seed: int | None = None
     stop: str | list[str] | None = None
     stream: bool = False
-    n: int = Field(1, ge=1, le=1)
+    n: int = Field(default=1, ge=1, le=1)
 
 
 class ChatMessage(BaseModel):
@@ -120,15 +120,15 @@ class ChatCompletionRequest(BaseModel):
 
     model: str | None = None
     messages: list[ChatMessage] = Field(min_length=1)
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
-    temperature: float = Field(1.0, ge=0.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    temperature: float = Field(default=1.0, ge=0.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     top_k: int = -1
     seed: int | None = None
     stop: str | list[str] | None = None
     stream: bool = False
-    n: int = Field(1, ge=1, le=1)
+    n: int = Field(default=1, ge=1, le=1)
 
 
 def openai_sampling(req: CompletionRequest | ChatCompletionRequest, max_tokens: int) -> SamplingParamsModel:

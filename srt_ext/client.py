@@ -13,7 +13,7 @@ branch on a status code, not on parsing bodies.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Iterator
 from typing import Any, NamedTuple
 
 import httpx
@@ -202,7 +202,7 @@ class AsyncClient:
     async def result(self, rid: str) -> dict[str, Any]:
         return _check(await self.http.get(f"/v1/streams/{rid}/result"))
 
-    async def stream_result(self, rid: str) -> AsyncIterator[dict[str, Any]]:
+    async def stream_result(self, rid: str) -> AsyncGenerator[dict[str, Any], None]:
         async with self.http.stream("GET", f"/v1/streams/{rid}/result",
                                     params={"stream": "true"}) as r:  # fmt: skip
             if r.status_code >= 400:

@@ -126,7 +126,8 @@ def launch_server(host: str = "127.0.0.1", port: int = 0, subprocess: bool = Fal
     config = uvicorn.Config(create_app(o), host=host, port=port, log_level=log_level,
                             lifespan="on", timeout_graceful_shutdown=5)  # fmt: skip
     server = uvicorn.Server(config)
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    # no signal handlers to disable: uvicorn installs them only on the main thread
+    # (Server.capture_signals) and this server runs on its own thread
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock] if sock else None},
                               name="stream2llm-uvicorn", daemon=True)  # fmt: skip
     thread.start()

@@ -132,10 +132,13 @@ class TokenEvent(msgspec.Struct, tag="token"):
     first: bool = False
 
 
+FinishReason = Literal["stop", "length", "abort"]
+
+
 class FinishedEvent(msgspec.Struct, tag="finished"):
     rid: str
     t: float
-    reason: Literal["stop", "length", "abort"]
+    reason: FinishReason
     matched: int | None = None  # the stop token, for reason == "stop"
     prompt_tokens: int = 0
     completion_tokens: int = 0

@@ -72,7 +72,12 @@ def add_openai_routes(app: FastAPI, svc_of: Callable[[Request], Service], model_
             if len(prompt) != 1:
                 raise WorkerError(400, "batched prompts are not supported")
             prompt = prompt[0]
-        text, ids = (prompt, None) if isinstance(prompt, str) else (None, list(prompt))  # type: ignore[arg-type]
+        text: str | None = None
+        ids: list[int] | None = None
+        if isinstance(prompt, str):
+            text = prompt
+        else:  # token ids (a list of strings was handled above; an empty one is [])
+            ids = [t for t in prompt if isinstance(t, int)]
         st = await svc.generate(text, ids, openai_sampling(body, body.max_tokens))
         rid, created = f"cmpl-{st.rid}", int(time.time())
         head = {"id": rid, "object": "text_completion", "created": created, "model": model_name}

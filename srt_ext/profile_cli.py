@@ -24,6 +24,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -133,9 +134,13 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit(f"--max-tokens {ns[-1]} > the model's context {engine.max_context_len}")
     rep, warm = args.repeats, args.warmup
     prefill, swap = [], []
+
+    def swap_s(n: int) -> float:  # out + in
+        return sum(engine.profile_swap(n, 1))
+
     for n in ns:
-        prefill.append(timed(lambda n=n: engine.profile_prefill(n, 1), rep, warm))
-        swap.append(timed(lambda n=n: sum(engine.profile_swap(n, 1)), rep, warm))
+        prefill.append(timed(partial(engine.profile_prefill, n, 1), rep, warm))
+        swap.append(timed(partial(swap_s, n), rep, warm))
         print(f"  N={n:6d}  prefill {prefill[-1] * 1e3:9.3f} ms  swap out+in "
               f"{swap[-1] * 1e3:8.3f} ms", file=sys.stderr)  # fmt: skip
     dec: dict[str, list] = {"batch": [], "context": [], "seconds": []}

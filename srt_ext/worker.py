@@ -136,7 +136,9 @@ def start_worker(cfg: WorkerConfig, method: str = "forkserver") -> multiprocessi
     ctx = multiprocessing.get_context(method)
     if method == "forkserver":
         ctx.set_forkserver_preload(["srt_ext.worker_preload"])
-    proc = ctx.Process(target=worker_main, args=(msgspec.msgpack.encode(cfg),),
+    # typeshed declares Process only on the concrete contexts, not on the BaseContext
+    # that get_context(str) returns; every context get_context() hands out has it
+    proc = ctx.Process(target=worker_main, args=(msgspec.msgpack.encode(cfg),),  # type: ignore[attr-defined]
                        name="stream2llm-worker", daemon=True)  # fmt: skip
     proc.start()
     return proc

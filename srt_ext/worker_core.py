@@ -219,7 +219,10 @@ class WorkerCore:
                 self.reqs.pop(it.rid, None)
                 errs.append(m.StreamError(it.rid, 500, f"engine error: {exc!r}", time.time()))
             return plan.total_tokens, errs
-        sampled = {it.rid: int(t) for it, t in zip(plan.items, out, strict=True) if it.sample}
+        # forward() gives a token for every sampling item and None for the others
+        sampled = {
+            it.rid: int(t) for it, t in zip(plan.items, out, strict=True) if it.sample and t is not None
+        }
         events = [self._event(e) for e in self.sched.finish_step(plan, sampled, self.now())]
         return plan.total_tokens, [e for e in events if e is not None]
 
@@ -234,6 +237,8 @@ class WorkerCore:
                 r.first_t = e.t
             return m.TokenEvent(e.rid, int(e.token), e.t, e.kind == "first_token")
         del self.reqs[e.rid]
+        reason: m.FinishReason
+        matched: int | None
         if e.kind == "aborted":
             reason, matched = "abort", None
         elif r.last is not None and r.last in r.eos:

@@ -87,7 +87,9 @@ class PrefillWorkerCore(WorkerCore):
             except queue.Empty:
                 return out
             rid = ev.get("rid")
-            r = self.reqs.get(rid) if rid in self._remote else None
+            if not isinstance(rid, str) or rid not in self._remote:
+                continue
+            r = self.reqs.get(rid)
             if r is None or ev["type"] == "ack":
                 continue
             now = time.time()
@@ -101,7 +103,7 @@ class PrefillWorkerCore(WorkerCore):
                 out.append(m.TokenEvent(rid, int(tok), now, False))
             if ev.get("finished"):
                 fr = ev.get("finish_reason") or {}
-                reason = "stop" if fr.get("type") == "stop" else "length"
+                reason: m.FinishReason = "stop" if fr.get("type") == "stop" else "length"
                 out.append(m.FinishedEvent(rid, now, reason, fr.get("matched"), r.prompt_tokens,
                                            r.outputs, r.cached_at_final, r.final_t, r.first_t))  # fmt: skip
                 self._forget(rid)

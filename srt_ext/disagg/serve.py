@@ -143,7 +143,8 @@ def launch_disaggregated(decode_tokens: int = 16384, dead_after_s: float = 10.0,
     app = create_prefill_app(o, dec.endpoint, dead_s=dead_after_s)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on",
                                            timeout_graceful_shutdown=5))  # fmt: skip
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    # no signal handlers to disable: uvicorn installs them only on the main thread
+    # (Server.capture_signals) and this server runs on its own thread
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     h = ServerHandle(f"http://127.0.0.1:{sock.getsockname()[1]}", o.api_key, server=server,

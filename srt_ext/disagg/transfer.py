@@ -61,7 +61,7 @@ def _raw(t: torch.Tensor) -> memoryview:
     """Zero-copy byte view of a contiguous CPU tensor (any dtype, bf16 included)."""
     if t.device.type != "cpu" or not t.is_contiguous():
         raise TransferError("buffers must be contiguous CPU tensors")
-    return memoryview(t.reshape(-1).view(torch.uint8).numpy())
+    return t.reshape(-1).view(torch.uint8).numpy().data
 
 
 def encode(skv: StreamKV) -> list[Any]:

@@ -54,7 +54,8 @@ class LlamaArch:
         scaling = dict(cfg.get("rope_scaling") or {})
         if not scaling and rope_params.get("rope_type", "default") != "default":
             scaling = rope_params
-        theta = cfg.get("rope_theta", rope_params.get("rope_theta", 10000.0))
+        default_theta: float = rope_params.get("rope_theta", 10000.0)
+        theta = cfg.get("rope_theta", default_theta)
         eos = cfg.get("eos_token_id")
         eos_ids = tuple(eos) if isinstance(eos, list) else (() if eos is None else (int(eos),))
         return cls(

@@ -91,7 +91,8 @@ def load_weights(
         p = f"layers.{i}."
         qkv = torch.cat([take(p + f"self_attn.{x}_proj.weight") for x in "qkv"])
         biases = [maybe(p + f"self_attn.{x}_proj.bias") for x in "qkv"]
-        qkv_bias = torch.cat(biases) if all(b is not None for b in biases) else None  # type: ignore[misc]
+        present = [b for b in biases if b is not None]
+        qkv_bias = torch.cat(present) if len(present) == len(biases) else None
         gate_up = torch.cat([take(p + "mlp.gate_proj.weight"), take(p + "mlp.up_proj.weight")])
         layers.append(
             LayerWeights(

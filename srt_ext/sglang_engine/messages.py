@@ -28,7 +28,10 @@ from srt_ext.sglang_engine import kv
 from srt_ext.sglang_engine.state import table
 
 
-class StreamOpenReq(BaseReq, kw_only=True):
+# sglang ships no type information, so BaseReq is Any to mypy, which then checks the
+# msgspec class keyword ``kw_only`` against object.__init_subclass__ and rejects it
+# (a false positive: BaseReq is a msgspec.Struct). Hence the ignores below.
+class StreamOpenReq(BaseReq, kw_only=True):  # type: ignore[call-arg]  # untyped sglang base
     """Open a stream: its first chunk is an ordinary tokenized generate request."""
 
     mode: str = "append"  # "append" | "update"
@@ -36,18 +39,18 @@ class StreamOpenReq(BaseReq, kw_only=True):
     generate: TokenizedGenerateReqInput
 
 
-class StreamChunkReq(BaseReq, kw_only=True):
+class StreamChunkReq(BaseReq, kw_only=True):  # type: ignore[call-arg]  # untyped sglang base
     """Append to (append mode) or replace (update mode) the stream's input."""
 
     input_ids: list[int]
     final: bool = False
 
 
-class StreamAbortReq(BaseReq, kw_only=True):
+class StreamAbortReq(BaseReq, kw_only=True):  # type: ignore[call-arg]  # untyped sglang base
     """Abort the stream and free its KV (parked streams hold tree locks)."""
 
 
-class StreamChunkOutput(BaseReq, kw_only=True):
+class StreamChunkOutput(BaseReq, kw_only=True):  # type: ignore[call-arg]  # untyped sglang base
     input_tokens: int = 0
     cached_tokens: int = 0
     invalidated_tokens: int = 0
