@@ -189,6 +189,9 @@ def run(args: argparse.Namespace) -> int:
     cols = list(rows[0])
     print(format_table(rows, cols))
     print(f"identical outputs streaming vs non-streaming: {sum(same)}/{len(same)}")
+    if not args.model_path:
+        print("(the embedded model has random weights, so its answers are noise: the demo is "
+              "about when the first token comes; pass --model-path for a real checkpoint)")
     try:
         from eval.plots import plot_timeline
 
