@@ -124,8 +124,9 @@ class Client:
     def result(self, rid: str) -> dict[str, Any]:
         return _check(self.http.get(f"/v1/streams/{rid}/result"))
 
-    def stream_result(self, rid: str) -> Iterator[dict[str, Any]]:
-        with self.http.stream("GET", f"/v1/streams/{rid}/result", params={"stream": "true"}) as r:
+    def _sse(self, method: str, path: str, **kw: Any) -> Iterator[dict[str, Any]]:
+        """Server-sent events of one request, parsed; errors raise ``ServerError``."""
+        with self.http.stream(method, path, **kw) as r:
             if r.status_code >= 400:
                 r.read()
                 _check(r)
@@ -133,6 +134,9 @@ class Client:
                 obj = parse_sse_line(line)
                 if obj is not None:
                     yield obj
+
+    def stream_result(self, rid: str) -> Iterator[dict[str, Any]]:
+        return self._sse("GET", f"/v1/streams/{rid}/result", params={"stream": "true"})
 
     def abort(self, rid: str) -> None:
         _check(self.http.delete(f"/v1/streams/{rid}"))
@@ -145,14 +149,7 @@ class Client:
     def generate_stream(self, text: str | None = None, input_ids: list[int] | None = None,
                         sampling_params: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:  # fmt: skip
         body = {**_input(text, input_ids), "sampling_params": sampling_params or {}, "stream": True}
-        with self.http.stream("POST", "/generate", json=body) as r:
-            if r.status_code >= 400:
-                r.read()
-                _check(r)
-            for line in r.iter_lines():
-                obj = parse_sse_line(line)
-                if obj is not None:
-                    yield obj
+        return self._sse("POST", "/generate", json=body)
 
     def stats(self) -> dict[str, Any]:
         return _check(self.http.get("/v1/stats"))
