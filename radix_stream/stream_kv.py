@@ -17,93 +17,35 @@ from __future__ import annotations
 
 from array import array
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple, Protocol
+from typing import Any
 
 import torch
 
+from radix_stream.kv_audit import check_stream_kv
+from radix_stream.kv_records import (
+    KVCapacityError,
+    KVMover,
+    KVStats,
+    PreemptMode,
+    PreemptResult,
+    StreamKVError,
+    StreamRecord,
+    SwappedKV,
+    TruncateResult,
+    common_prefix_len,
+)
 from radix_stream.tree import TreeNode, build_tree
 
-PreemptMode = Literal["recompute", "swap"]
-
-
-class KVCapacityError(RuntimeError):
-    """A request for KV memory that can never be met (larger than the pool)."""
-
-
-class StreamKVError(KeyError):
-    """An operation on an unknown stream or in the wrong state."""
-
-
-class TruncateResult(NamedTuple):
-    kept: int  # computed tokens still valid after the update
-    invalidated: int  # computed tokens whose KV was dropped
-
-
-class PreemptResult(NamedTuple):
-    mode: PreemptMode
-    freed: int  # device slots returned to the allocator
-    swapped: int  # tokens whose KV now sits in the host pool
-
-
-class KVStats(NamedTuple):
-    capacity: int
-    used: int
-    pinned: int
-    evictable: int
-    free: int
-    private: int
-    host: int
-
-
-class KVMover(Protocol):
-    """Copies KV between the device pool and host memory (swap preemption)."""
-
-    def to_host(self, slots: torch.Tensor) -> Any: ...
-
-    def to_device(self, host_kv: Any, slots: torch.Tensor) -> None: ...
-
-
-@dataclass
-class _Swapped:
-    start: int  # position of the first swapped token
-    host_kv: Any
-
-
-@dataclass
-class _Stream:
-    rid: str
-    extra_key: str | None
-    node: TreeNode
-    tokens: array  # computed token ids (array('q'), as RadixKey wants)
-    tree_len: int  # tokens covered by the tree path (page aligned)
-    private: torch.Tensor  # slots of positions tree_len.. (partial page + reservation)
-    reserved: int = 0  # positions reserved by reserve() and not yet committed
-    pinned: bool = True
-    swapped: _Swapped | None = None
-
-    @property
-    def computed(self) -> int:
-        return len(self.tokens)
-
-
-def _lcp(a: array, b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    bb = b if isinstance(b, array) else array("q", b[:n])
-    lo, step = 0, 64
-    while lo < n:  # gallop with C-level slice compares, then bisect the window
-        hi = min(n, lo + step)
-        if a[lo:hi] != bb[lo:hi]:
-            while hi - lo > 1:
-                mid = (lo + hi) // 2
-                if a[lo:mid] == bb[lo:mid]:
-                    lo = mid
-                else:
-                    hi = mid
-            return lo if a[lo] != bb[lo] else lo + 1
-        lo, step = hi, step * 2
-    return n
-
+__all__ = [
+    "KVCapacityError",
+    "KVMover",
+    "KVStats",
+    "PreemptMode",
+    "PreemptResult",
+    "StreamKVCache",
+    "StreamKVError",
+    "TruncateResult",
+]
 
 class StreamKVCache:
     """KV slots of streaming requests: reserve, commit, truncate, preempt."""
@@ -122,7 +64,7 @@ class StreamKVCache:
         self.host_capacity = host_capacity_tokens
         self.host_used = 0
         self.capacity = (allocator.size // page_size) * page_size
-        self._streams: dict[str, _Stream] = {}
+        self._streams: dict[str, StreamRecord] = {}
         self._empty = torch.empty((0,), dtype=torch.int64)
 
     @classmethod
@@ -144,7 +86,7 @@ class StreamKVCache:
         return cls(alloc, page_size=page_size, **kw)
 
     # ---- helpers --------------------------------------------------------
-    def _get(self, rid: str) -> _Stream:
+    def _get(self, rid: str) -> StreamRecord:
         try:
             return self._streams[rid]
         except KeyError:
@@ -170,13 +112,13 @@ class StreamKVCache:
             self.tree.evict_tokens(short)
         return self.allocator.alloc(n)
 
-    def _move_lock(self, s: _Stream, node: TreeNode) -> None:
+    def _move_lock(self, s: StreamRecord, node: TreeNode) -> None:
         if s.pinned and node is not s.node:
             self.tree.inc_lock_ref(node)
             self.tree.dec_lock_ref(s.node)
         s.node = node
 
-    def _cut_tree(self, s: _Stream, keep: int) -> int:
+    def _cut_tree(self, s: StreamRecord, keep: int) -> int:
         """Cut the stream's tree path back to ``keep`` tokens (``keep`` < tree_len)
         and free the exclusive part below at once; returns the new computed
         length (``keep``, or its page floor when the partial page is shared)."""
@@ -201,7 +143,7 @@ class StreamKVCache:
         if rid in self._streams:
             raise StreamKVError(f"stream {rid!r} is already open")
         root = self.tree.root_node
-        self._streams[rid] = _Stream(rid, extra_key, root, array("q"), 0, self._empty)
+        self._streams[rid] = StreamRecord(rid, extra_key, root, array("q"), 0, self._empty)
 
     def close(self, rid: str, keep_cache: bool = True) -> int:
         """End a stream. Finished: its tree path stays cached (evictable) for
@@ -259,7 +201,7 @@ class StreamKVCache:
         if s.reserved:
             raise StreamKVError(f"stream {rid!r}: truncate during a step")
         old = s.computed
-        lcp = _lcp(s.tokens, new_input_ids)
+        lcp = common_prefix_len(s.tokens, new_input_ids)
         if lcp >= old:
             return TruncateResult(old, 0)
         if s.swapped is not None:  # the host copy is dropped; only device KV is cut
@@ -312,7 +254,7 @@ class StreamKVCache:
         private run is whole pages). Returns the slots in request order, or None
         with nothing reserved when the pool cannot provide them all.
         """
-        todo: list[tuple[_Stream, int, int, int]] = []
+        todo: list[tuple[StreamRecord, int, int, int]] = []
         seen: set[str] = set()
         total = 0
         for rid, n in requests:
@@ -426,7 +368,7 @@ class StreamKVCache:
             host = None
             if self.mover is not None:
                 host = self.mover.to_host(self.slots(rid)[start:])
-            s.swapped = _Swapped(start, host)
+            s.swapped = SwappedKV(start, host)
             self.host_used += n
         keep_tokens = s.tokens if s.swapped else None
         self._free(s.private)
@@ -469,7 +411,7 @@ class StreamKVCache:
         self.commit(rid, tokens)
         return True
 
-    def _drop_swap(self, s: _Stream) -> None:
+    def _drop_swap(self, s: StreamRecord) -> None:
         if s.swapped is not None:
             self.host_used -= len(s.tokens) - s.swapped.start
             del s.tokens[s.swapped.start :]
@@ -493,28 +435,5 @@ class StreamKVCache:
         )
 
     def check(self) -> None:
-        """Assert: free + tree + private slots partition the pool exactly; every
-        pinned stream's path is locked and matches its tokens."""
-        held = self.tree.check_tree() + [s.private for s in self._streams.values()]
-        used = torch.cat(held) if held else self._empty
-        alloc = self.allocator
-        if self.page_size == 1:
-            free = torch.cat((alloc.free_pages, alloc.release_pages))
-        else:
-            pages = alloc.get_all_free_pages()
-            free = (pages[:, None] * self.page_size + torch.arange(self.page_size)).reshape(-1)
-        everything = torch.cat((used, free))
-        assert len(torch.unique(everything)) == len(everything), "a slot is held twice"
-        assert len(everything) == self.capacity, (len(everything), self.capacity)
-        for s in self._streams.values():
-            assert len(s.private) % self.page_size == 0
-            if s.pinned:
-                assert s.tree_len == self.tree.depth(s.node)
-                assert s.node is self.tree.root_node or s.node.lock_ref >= 1
-                path = self.tree.path_nodes(s.node)
-                ids = array("q")
-                for n in path:
-                    ids.extend(n.key.raw_token_ids())
-                assert ids == s.tokens[: s.tree_len], f"stream {s.rid}: path != tokens"
-                resident = s.swapped.start if s.swapped else s.computed
-                assert len(s.private) >= resident - s.tree_len + s.reserved
+        """Assert the slot accounting and every stream's path (see ``kv_audit``)."""
+        check_stream_kv(self)
