@@ -135,6 +135,23 @@ class Scheduler:
         self._touch(s)
         return result
 
+    def reuse_prefix(self, rid: str) -> int:
+        """Adopt KV the radix tree already holds for this stream's input (another
+        request's prompt, a shared template); returns the computed length.
+
+        Only between steps, and never for a preempted stream (its KV is being
+        restored). A final input keeps its last token uncomputed so there is
+        something to sample from. The runtime calls this after each chunk; the
+        simulator does not (its tables are measured without prefix caching).
+        """
+        s = self.get(rid)
+        if s.in_flight or s.preempted is not None:
+            return s.computed
+        ids = s.input_ids[:-1] if s.final and not s.outputs else s.input_ids
+        if len(ids) > s.computed:
+            s.computed = self.kv.reuse_prefix(rid, ids)
+        return s.computed
+
     def abort(self, rid: str) -> list[Event]:
         """Drop a request; its KV is freed (at once, or when its running step commits)."""
         s = self.get(rid)

@@ -164,22 +164,10 @@ class WorkerCore:
         res = self.sched.add_chunk(rid, ids, final, now)
         cached = res.kept
         if not s.in_flight and s.preempted is None:
-            cached = self._reuse_prefix(s)
+            cached = self.sched.reuse_prefix(rid)
         if final:
             r.final_t, r.cached_at_final, r.prompt_tokens = now, cached, len(s.input_ids)
         return m.ChunkReply(req_id, rid, len(s.input_ids), cached, res.invalidated, res.deferred)
-
-    def _reuse_prefix(self, s: Any) -> int:
-        """Adopt KV the tree already holds (another request's prompt, a template).
-
-        The scheduler does not call ``kv.reuse_prefix`` itself, so the worker does,
-        between steps, and refreshes the stream's mirror of ``computed``. A final
-        input keeps its last token uncomputed so there is something to sample from.
-        """
-        ids = s.input_ids[:-1] if s.final and not s.outputs else s.input_ids
-        if len(ids) > s.computed:
-            s.computed = self.kv.reuse_prefix(s.rid, ids)
-        return s.computed
 
     def _abort(self, req_id: int, rid: str) -> tuple[Any, list[Any]]:
         s = self.sched.get(rid)
