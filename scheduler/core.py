@@ -152,6 +152,18 @@ class Scheduler:
             s.computed = self.kv.reuse_prefix(rid, ids)
         return s.computed
 
+    def release(self, rid: str) -> Event:
+        """End a stream here without aborting it: its KV stays in the tree as cache.
+
+        The prefill side of disaggregation uses it once the stream's KV has been
+        exported to a decode server, so later requests with the same prefix (a
+        shared template, the same documents) still hit the prefill server's cache.
+        """
+        s = self.get(rid)
+        if s.in_flight:
+            raise StreamError(f"{rid}: release during a step")
+        return self._close(s, aborted=False, now=s.last_chunk_s or s.opened_s)
+
     def abort(self, rid: str) -> list[Event]:
         """Drop a request; its KV is freed (at once, or when its running step commits)."""
         s = self.get(rid)

@@ -82,6 +82,8 @@ def test_split_matches_single_worker(engines):
         assert got == expected
         assert core.handoffs == 3 and worker.stats["imported"] == 3
         assert core.stats()["kv_pinned_tokens"] == 0 and worker.health()["active"] == 0
+        # handed-off prompts stay on the prefill side as prefix cache (not freed)
+        assert core.stats()["kv_evictable_tokens"] >= 80  # at least the 80-token "one" prompt
         core.kv.check()
         worker.kv.check()
     finally:

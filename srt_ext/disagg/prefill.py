@@ -73,7 +73,7 @@ class PrefillWorkerCore(WorkerCore):
             self.sched.abort(rid)
             self.reqs.pop(rid, None)
             return m.StreamError(rid, 500, f"prefill hand-off failed: {exc}", time.time())
-        self.sched.abort(rid)  # the KV copy travels; local slots go back to the pool
+        self.sched.release(rid)  # the KV copy travels; the local copy stays as prefix cache
         self._remote.add(rid)
         self.handoffs += 1
         self.sender.submit(skv)
