@@ -9,16 +9,16 @@ from radix_stream._sglang import ensure_sglang_importable
 
 ensure_sglang_importable()
 
-from radix_stream.stream_kv import (  # noqa: E402
+from radix_stream.kv_records import (  # noqa: E402
     KVCapacityError,
     KVMover,
     KVStats,
     PreemptMode,
     PreemptResult,
-    StreamKVCache,
     StreamKVError,
     TruncateResult,
 )
+from radix_stream.stream_kv import StreamKVCache  # noqa: E402
 from radix_stream.tree import StreamingRadixCache  # noqa: E402
 
 __all__ = [

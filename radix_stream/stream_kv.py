@@ -36,16 +36,6 @@ from radix_stream.kv_records import (
 )
 from radix_stream.tree import TreeNode, build_tree
 
-__all__ = [
-    "KVCapacityError",
-    "KVMover",
-    "KVStats",
-    "PreemptMode",
-    "PreemptResult",
-    "StreamKVCache",
-    "StreamKVError",
-    "TruncateResult",
-]
 
 class StreamKVCache:
     """KV slots of streaming requests: reserve, commit, truncate, preempt."""
