@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -117,11 +116,3 @@ def run(args: argparse.Namespace) -> int:
         name = Path(args.workload).stem + f"-qps{args.qps:g}-x{args.delay_multiplier:g}"
         plot_ttft_ccdf(raw, Path(args.plot) / f"ttft-ccdf-{name}.png")
     return 0
-
-
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(prog="sim")
-    sub = parser.add_subparsers()
-    add_parser(sub)
-    a = parser.parse_args(["sim", *sys.argv[1:]])
-    sys.exit(a.func(a))

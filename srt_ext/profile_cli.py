@@ -182,11 +182,3 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {out}: prefill fit {fit['prefill_fit']}, swap fit {fit['swap_fit']}, "
           f"step fit R^2 {fit['step_fit_r2']}")  # fmt: skip
     return 0
-
-
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(prog="profile")
-    sub = parser.add_subparsers()
-    add_parser(sub)
-    a = parser.parse_args(["profile", *sys.argv[1:]])
-    sys.exit(a.func(a))
