@@ -93,12 +93,12 @@ class GenerateRequest(_Input):
     rid: str | None = None
 
 
-class CompletionRequest(BaseModel):
+class _OpenAIRequest(BaseModel):
+    """Fields the OpenAI completion and chat bodies share (one sample, no batches)."""
+
     model_config = ConfigDict(extra="ignore")
 
     model: str | None = None
-    prompt: str | list[int] | list[str]
-    max_tokens: int = Field(default=16, ge=1)
     temperature: float = Field(default=1.0, ge=0.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     top_k: int = -1
@@ -106,6 +106,11 @@ class CompletionRequest(BaseModel):
     stop: str | list[str] | None = None
     stream: bool = False
     n: int = Field(default=1, ge=1, le=1)
+
+
+class CompletionRequest(_OpenAIRequest):
+    prompt: str | list[int] | list[str]
+    max_tokens: int = Field(default=16, ge=1)
 
 
 class ChatMessage(BaseModel):
@@ -115,23 +120,13 @@ class ChatMessage(BaseModel):
     content: str | list[dict[str, Any]] | None = None
 
 
-class ChatCompletionRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    model: str | None = None
+class ChatCompletionRequest(_OpenAIRequest):
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
-    temperature: float = Field(default=1.0, ge=0.0)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    top_k: int = -1
-    seed: int | None = None
-    stop: str | list[str] | None = None
-    stream: bool = False
-    n: int = Field(default=1, ge=1, le=1)
 
 
-def openai_sampling(req: CompletionRequest | ChatCompletionRequest, max_tokens: int) -> SamplingParamsModel:
+def openai_sampling(req: _OpenAIRequest, max_tokens: int) -> SamplingParamsModel:
     return SamplingParamsModel(
         max_new_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p,
         top_k=req.top_k, seed=req.seed, stop=req.stop,
