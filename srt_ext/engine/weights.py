@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from srt_ext.engine.config import LlamaArch
+from srt_ext.engine.shapes import is_random_init, iter_random_tensors
 
 
 @dataclass
@@ -71,7 +72,12 @@ def load_weights(
 ) -> LlamaWeights:
     """Read every shard once, cast to ``dtype`` on ``device``, fuse per layer."""
     raw: dict[str, torch.Tensor] = {}
-    for name, tensor in _iter_tensors(_checkpoint_files(Path(model_dir))):
+    tensors = (
+        iter_random_tensors(model_dir, device, dtype)
+        if is_random_init(model_dir)
+        else _iter_tensors(_checkpoint_files(Path(model_dir)))
+    )
+    for name, tensor in tensors:
         name = name.removeprefix("model.")
         if "rotary_emb" in name:
             continue
