@@ -15,7 +15,9 @@ query rows per block: the block's real query rows (queries x group heads) are
 padded only up to the next of a few row counts that the engine's start-up probe
 showed give every row the same bits at every count and row index (MKL here:
 any count >= 4). So a query's q.k, softmax and p.v run in one kernel class on
-shapes that depend only on its position, whoever else is in the block.
+shapes that depend only on its position, whoever else is in the block. The two
+products go through the same 2-D kernel as the dense layers (oneDNN's linear,
+~2x MKL's bmm here), one call per KV head.
 
 Fast path (GPU, bf16): torch's fused scaled_dot_product_attention per prefill
 item, and one padded batched call for all decode items (padding keys read
@@ -23,6 +25,8 @@ SGLang's dummy slot 0 and are masked out).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -61,15 +65,30 @@ def blocked_attention(
     return out
 
 
+MatmulNT = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (a, b) -> a @ b.T, 2-D
+
+
 def attend(
-    qt: torch.Tensor, row_pos: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scale: float
+    qt: torch.Tensor,
+    row_pos: torch.Tensor,
+    keys: torch.Tensor,
+    values_t: torch.Tensor,
+    scale: float,
+    tail: int,
+    mm: MatmulNT,
 ) -> torch.Tensor:
-    """qt: [kv_heads, m, d] query rows at positions row_pos [m]; keys/values:
-    [kv_heads, L, d] (L a function of the block only). Returns [kv_heads, m, d]."""
-    scores = torch.matmul(qt, keys.transpose(1, 2)) * scale
-    future = torch.arange(keys.shape[1], device=qt.device)[None, :] > row_pos[:, None]
-    probs = torch.softmax(scores.masked_fill(future, float("-inf")), dim=-1)
-    return torch.matmul(probs, values)
+    """qt: [kv_heads, m, d] query rows at positions row_pos [m]; keys [kv_heads, L, d]
+    and values_t [kv_heads, d, L] (L a function of the block only). Only the last
+    ``tail`` keys can lie after a row's position, so only they are masked.
+    Returns [kv_heads, m, d]."""
+    length = keys.shape[1]
+    future = torch.arange(length - tail, length, device=qt.device)[None, :] > row_pos[:, None]
+    outs = []
+    for h in range(qt.shape[0]):
+        scores = mm(qt[h], keys[h]) * scale
+        scores[:, length - tail :].masked_fill_(future, float("-inf"))
+        outs.append(mm(torch.softmax(scores, dim=-1), values_t[h]))
+    return torch.stack(outs)
 
 
 def pad_rows(rows: int, sizes: tuple[int, ...]) -> int:
@@ -88,16 +107,18 @@ def sized_attention(
     scale: float,
     block: int,
     row_sizes: tuple[int, ...],
+    mm: MatmulNT,
 ) -> torch.Tensor:
-    """Shapes as in blocked_attention; ``row_sizes`` sorted, max >= group * block."""
+    """Shapes as in blocked_attention; ``row_sizes`` sorted, max >= group * block;
+    ``mm`` the probed 2-D kernel (oneDNN linear on CPU float32)."""
     n, heads, d = q.shape
     length, kv_heads, _ = k_all.shape
     gs = heads // kv_heads
     padded = -(-length // block) * block
     kf = q.new_zeros(kv_heads, padded, d)
-    vf = q.new_zeros(kv_heads, padded, d)
+    vt = q.new_zeros(kv_heads, d, padded)
     kf[:, :length] = k_all.transpose(0, 1)
-    vf[:, :length] = v_all.transpose(0, 1)
+    vt[:, :, :length] = v_all.permute(1, 2, 0)
     out = q.new_empty(n, heads, d)
     for b in range(start // block, (start + n - 1) // block + 1):
         lo, hi = max(start, b * block), min(start + n, (b + 1) * block)
@@ -113,7 +134,8 @@ def sized_attention(
         row_pos = torch.full((m,), lo, dtype=torch.int64, device=q.device)
         row_pos[:rows] = torch.arange(lo, hi, device=q.device).repeat_interleave(gs)
         kv_len = (b + 1) * block
-        o = attend(qt, row_pos, kf[:, :kv_len], vf[:, :kv_len], scale)
+        values_t = vt[:, :, :kv_len].contiguous()
+        o = attend(qt, row_pos, kf[:, :kv_len], values_t, scale, block, mm)
         out[lo - start : hi - start] = (
             o[:, :rows].reshape(kv_heads, hi - lo, gs, d).transpose(0, 1).reshape(hi - lo, heads, d)
         )

@@ -59,3 +59,12 @@ class PackedLinear(Linear):
 
 def make_linear(weight: torch.Tensor, bias: torch.Tensor | None, packed: bool) -> Linear:
     return PackedLinear.pack(weight, bias) if packed else Linear(weight, bias)
+
+
+def onednn_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b.T through oneDNN's linear with an unpacked (activation) right side."""
+    return torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [None], "")
+
+
+def mkl_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return F.linear(a, b)

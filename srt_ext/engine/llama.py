@@ -26,7 +26,7 @@ from srt_ext.engine.attention import (
     sized_attention,
 )
 from srt_ext.engine.config import LlamaArch, rope_table
-from srt_ext.engine.dense import Linear, make_linear, onednn_packing_available
+from srt_ext.engine.dense import Linear, make_linear, mkl_mm, onednn_mm, onednn_packing_available
 from srt_ext.engine.probe import common_sizes, consistent_sizes
 from srt_ext.engine.tiles import RowLayout, pack_by_position, pack_dense, pack_fixed, pack_sized
 from srt_ext.engine.weights import load_weights
@@ -129,6 +129,7 @@ class LlamaModel:
         want_sized = exact and (dtype == torch.float32 if sized is None else sized)
         packed = want_sized and onednn_packing_available(self.device, dtype)
         self.packed = packed
+        self.mm = onednn_mm if packed else mkl_mm  # the sized attention's 2-D kernel
         self.layers = [
             LayerOps(
                 lw.in_norm,
@@ -190,12 +191,12 @@ class LlamaModel:
         q1 = self._rnd(gen, a.num_kv_heads, 1, a.head_dim)
         kv_len = 3 * block
         keys = self._rnd(gen, a.num_kv_heads, kv_len, a.head_dim)
-        values = self._rnd(gen, a.num_kv_heads, kv_len, a.head_dim)
+        values_t = self._rnd(gen, a.num_kv_heads, a.head_dim, kv_len)
 
         def attn_op(m: int) -> list[torch.Tensor]:
             pos = torch.full((m,), kv_len - block // 2, dtype=torch.int64, device=self.device)
-            o = attend(q1.expand(-1, m, -1).contiguous(), pos, keys, values, self.scale)
-            return [o.transpose(0, 1)]
+            qt = q1.expand(-1, m, -1).contiguous()
+            return [attend(qt, pos, keys, values_t, self.scale, block, self.mm).transpose(0, 1)]
 
         dense = common_sizes([consistent_sizes(dense_op, DENSE_SIZES)])
         lm = consistent_sizes(lm_op, LM_SIZES)
@@ -329,7 +330,14 @@ class LlamaModel:
             keys, values = k_buf[s.all_slots], v_buf[s.all_slots]
             if self.plan.attn is not None:
                 out[r] = sized_attention(
-                    q[r], keys, values, s.start, self.scale, SIZED_ATTN_BLOCK, self.plan.attn
+                    q[r],
+                    keys,
+                    values,
+                    s.start,
+                    self.scale,
+                    SIZED_ATTN_BLOCK,
+                    self.plan.attn,
+                    self.mm,
                 )
             elif self.exact:
                 out[r] = blocked_attention(q[r], keys, values, s.start, self.scale, self.attn_block)
