@@ -31,6 +31,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -83,11 +84,11 @@ def gemm_rate(dtype: torch.dtype, repeats: int = 3) -> float:
     best = 0.0
     for m, k, n in [*GEMM_SHAPES, (1024, 1024, 1024)]:
         x, w = torch.randn(m, k, dtype=dtype), torch.randn(n, k, dtype=dtype)
-        fns: list[Callable[[], Any]] = [lambda: F.linear(x, w)]
+        kernels: list[Callable[[torch.Tensor], torch.Tensor]] = [lambda a, w=w: F.linear(a, w)]
         if packed:
-            fns.append(lambda p=PackedLinear.pack(w, None): p(x))
-        for fn in fns:
-            best = max(best, 2 * m * k * n / best_of(fn, repeats) / 1e9)
+            kernels.append(PackedLinear.pack(w, None))
+        for kernel in kernels:
+            best = max(best, 2 * m * k * n / best_of(partial(kernel, x), repeats) / 1e9)
     return best
 
 
@@ -116,7 +117,9 @@ def measure_path(args: argparse.Namespace, model: Path, shape: dict[str, Any], d
     sizes, batches = args.sizes, args.batches
     cap = max(max(sizes), max(batches) * (args.context + args.steps + 2)) + 16
     engine = ReferenceEngine(model, dtype=dtype, kv_capacity_tokens=cap)
-    name = f"{str(dtype).removeprefix('torch.')} ({'after' if engine.model.plan.sized else 'before'})"
+    name = (
+        f"{str(dtype).removeprefix('torch.')} ({'after' if engine.model.plan.sized else 'before'})"
+    )
     item = dtype.itemsize
     rows = []
     engine.profile_prefill(64)  # warm-up
@@ -235,14 +238,18 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: Any) -> None:
-    p = sub.add_parser("bench-cpu", help="engine prefill/decode vs the CPU's GEMM and memory bounds")
+    p = sub.add_parser(
+        "bench-cpu", help="engine prefill/decode vs the CPU's GEMM and memory bounds"
+    )
     build(p)
     p.set_defaults(func=run)
 
 
 def build(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model-path", default=None, help="Llama dir (default: random SmolLM2 shape)")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (results promised per count)")
+    p.add_argument(
+        "--threads", type=int, default=1, help="torch CPU threads (results promised per count)"
+    )
     p.add_argument("--paths", default="float64,float32", help="exact paths to measure (dtypes)")
     p.add_argument("--sizes", default="256,1024,2048", help="prefill chunk tokens")
     p.add_argument("--batches", default="1,8", help="decode batch sizes")
