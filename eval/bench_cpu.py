@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from srt_ext.engine.shapes import SMOLLM2_135M, matmul_params, write_random_llama
@@ -78,13 +77,13 @@ def best_of(fn: Callable[[], Any], repeats: int) -> float:
 
 def gemm_rate(dtype: torch.dtype, repeats: int = 3) -> float:
     """Best GFLOP/s of x @ W.T over the model's shapes and a 1024^3 one."""
-    from srt_ext.engine.dense import PackedLinear, onednn_packing_available
+    from srt_ext.engine.dense import Linear, PackedLinear, onednn_packing_available
 
     packed = onednn_packing_available(torch.device("cpu"), dtype)
     best = 0.0
     for m, k, n in [*GEMM_SHAPES, (1024, 1024, 1024)]:
         x, w = torch.randn(m, k, dtype=dtype), torch.randn(n, k, dtype=dtype)
-        kernels: list[Callable[[torch.Tensor], torch.Tensor]] = [lambda a, w=w: F.linear(a, w)]
+        kernels: list[Callable[[torch.Tensor], torch.Tensor]] = [Linear(w)]
         if packed:
             kernels.append(PackedLinear.pack(w, None))
         for kernel in kernels:
