@@ -11,6 +11,7 @@ Results are promised at the torch thread count the engine was built with.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,9 +71,12 @@ def sample_token(logits: torch.Tensor, item: ForwardItem, position: int) -> int:
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
 
 
+DTYPE_ENV = "STREAM2LLM_DTYPE"  # what `serve/profile --dtype` set for their worker processes
+
+
 def parse_dtype(name: str | None) -> torch.dtype | None:
-    """CLI spelling -> dtype; None/"auto" = the device's default (CPU float32, GPU bf16)."""
-    if name in (None, "auto"):
+    """CLI spelling -> dtype; None/""/"auto" = the device's default (CPU float32, GPU bf16)."""
+    if name in (None, "", "auto"):
         return None
     try:
         return DTYPES[name]
@@ -96,6 +100,7 @@ class ReferenceEngine:
     ) -> None:
         self.device = torch.device(device)
         on_cpu = self.device.type == "cpu"
+        dtype = dtype or parse_dtype(os.environ.get(DTYPE_ENV))
         self.dtype = dtype or (torch.float32 if on_cpu else torch.bfloat16)
         self.exact = on_cpu if exact is None else exact
         self.model_path = Path(model_path) if model_path else ensure_tiny_model()
