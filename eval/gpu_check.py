@@ -139,13 +139,14 @@ def measure_tolerance(engine: Any, cases: int, max_len: int, greedy_cases: int, 
 
 def step_tolerance(device: str, shape: str, smoke: bool) -> dict[str, Any]:
     from srt_ext.engine import ReferenceEngine
+    from srt_ext.engine.model_store import TINY_MODEL
     from srt_ext.engine.shapes import ensure_shape_model
 
     max_len, cases, greedy = (96, 6, 2) if smoke else (1500, 60, 20)
     results: dict[str, Any] = {}
     _log(f"tolerance: tiny model on {device}")
-    tiny = ReferenceEngine(device=device, kv_capacity_tokens=8192)
-    cpu64 = ReferenceEngine(kv_capacity_tokens=8192, dtype=torch.float64, exact=True)
+    tiny = ReferenceEngine(TINY_MODEL, device=device, kv_capacity_tokens=8192)
+    cpu64 = ReferenceEngine(TINY_MODEL, kv_capacity_tokens=8192, dtype=torch.float64, exact=True)
     emb = results["embedded-tiny"] = measure_tolerance(tiny, cases, max_len, greedy, 16, cpu64)
     emb["dtype"] = str(tiny.dtype).removeprefix("torch.")
     del tiny, cpu64

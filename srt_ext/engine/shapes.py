@@ -1,4 +1,4 @@
-"""Random-weight models of real shapes, generated on the device at load time.
+"""Random-weight models of real shapes: drawn on the device at load time, or written.
 
 A GPU timing needs the *shape* of a real model (an 8B Llama's matmuls, KV bytes
 per token, vocabulary), not its weights, and a 16 GB checkpoint cannot travel
@@ -151,3 +151,54 @@ def iter_random_tensors(
     yield randn("model.norm.weight", hid, std=0.1, mean=1.0)
     if not cfg.get("tie_word_embeddings"):
         yield randn("lm_head.weight", vocab, hid, std=3.0 / hid**0.5)
+
+
+SMOLLM2_135M: dict[str, Any] = SHAPES["smollm2-135m"]
+
+
+def matmul_params(shape: dict[str, Any]) -> tuple[int, int]:
+    """(parameters in the decoder layers' matmuls, parameters of the LM head)."""
+    hid, inter = shape["hidden_size"], shape["intermediate_size"]
+    nh, nkv, hd = shape["num_attention_heads"], shape["num_key_value_heads"], shape["head_dim"]
+    per_layer = hid * (nh + 2 * nkv) * hd + nh * hd * hid + 3 * hid * inter
+    return shape["num_hidden_layers"] * per_layer, shape["vocab_size"] * hid
+
+
+def write_random_llama(dest: str | Path, shape: dict[str, Any], seed: int = 0) -> Path:
+    """A loadable HF-style Llama directory (config.json + model.safetensors), no tokenizer."""
+    from safetensors.torch import save_file
+
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    g = torch.Generator().manual_seed(seed)
+    hid, inter = shape["hidden_size"], shape["intermediate_size"]
+    nh, nkv, hd = shape["num_attention_heads"], shape["num_key_value_heads"], shape["head_dim"]
+
+    def randn(*dims: int, fan_in: int) -> torch.Tensor:
+        return torch.randn(*dims, generator=g) * fan_in**-0.5
+
+    w = {"model.embed_tokens.weight": torch.randn(shape["vocab_size"], hid, generator=g)}
+    for i in range(shape["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        w[p + "input_layernorm.weight"] = torch.ones(hid)
+        w[p + "post_attention_layernorm.weight"] = torch.ones(hid)
+        for name, out in (("q", nh * hd), ("k", nkv * hd), ("v", nkv * hd)):
+            w[p + f"self_attn.{name}_proj.weight"] = randn(out, hid, fan_in=hid)
+        w[p + "self_attn.o_proj.weight"] = randn(hid, nh * hd, fan_in=nh * hd)
+        w[p + "mlp.gate_proj.weight"] = randn(inter, hid, fan_in=hid)
+        w[p + "mlp.up_proj.weight"] = randn(inter, hid, fan_in=hid)
+        w[p + "mlp.down_proj.weight"] = randn(hid, inter, fan_in=inter)
+    w["model.norm.weight"] = torch.ones(hid)
+    if not shape.get("tie_word_embeddings", False):
+        w["lm_head.weight"] = randn(shape["vocab_size"], hid, fan_in=hid)
+    config = {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_act": "silu",
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        **shape,
+    }
+    (dest / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    save_file(w, str(dest / "model.safetensors"))
+    return dest
