@@ -58,7 +58,7 @@ def bench_decode(engine: ReferenceEngine, batch: int, context: int, steps: int) 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model-path", default=None, help="Llama HF dir (default: tiny model)")
+    ap.add_argument("--model-path", default=None, help="model: smollm2-135m-instruct (default, converted once on first use), tiny-random, or a Llama-architecture HF checkpoint dir")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     ap.add_argument("--sizes", default="64,128,256,512,1024,2048")

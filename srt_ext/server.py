@@ -22,6 +22,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 
 from srt_ext.api_models import ChunkRequest, GenerateRequest, OpenStreamRequest
+from srt_ext.engine.model_store import DEFAULT_MODEL
 from srt_ext.lifecycle import DrainGate
 from srt_ext.limits import BodyLimit, Limits, client_id
 from srt_ext.metrics import Metrics
@@ -75,11 +76,10 @@ class ServerOptions:
 
 
 def resolve_model_path(path: str | None) -> str:
-    if path:
-        return path
-    from srt_ext.engine.tiny_model import ensure_tiny_model
+    """A model name or checkpoint dir (None: the default model) -> the dir to load."""
+    from srt_ext.engine.model_store import resolve_model
 
-    return str(ensure_tiny_model())
+    return str(resolve_model(path))
 
 
 def _error(status: int, reason: str, **extra: Any) -> ORJSONResponse:
@@ -225,5 +225,5 @@ def create_app(opts: ServerOptions, start_proc: Callable[[str, str], Any] | None
 
     from srt_ext.openai_api import add_openai_routes
 
-    add_openai_routes(app, svc, model_name=opts.model_path or "stream2llm-tiny")
+    add_openai_routes(app, svc, model_name=opts.model_path or DEFAULT_MODEL)
     return app

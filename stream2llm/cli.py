@@ -56,7 +56,14 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    return int(args.func(args) or 0)
+    from retrievers.prompt import ChatTemplateError
+    from srt_ext.engine.model_store import ModelStoreError
+
+    try:
+        return int(args.func(args) or 0)
+    except (ModelStoreError, ChatTemplateError) as exc:  # no model, a bad GGUF, no template
+        print(f"stream2llm: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

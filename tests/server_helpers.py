@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from srt_ext.engine.model_store import TINY_MODEL
 from srt_ext.launch import ServerHandle, launch_server
 
 
@@ -15,6 +16,7 @@ def server(**opts: Any) -> Iterator[ServerHandle]:
     """A real server on an ephemeral loopback port, one torch thread in the worker
     (2 shared cores; results are promised at a fixed thread count)."""
     opts.setdefault("threads", 1)
+    opts.setdefault("model_path", TINY_MODEL)  # speed: the real default has its own tests
     with launch_server(**opts) as h:
         yield h
 

@@ -25,6 +25,7 @@ from srt_ext.disagg.decode import DecodeWorker
 from srt_ext.disagg.transfer import decode, encode
 from srt_ext.engine import ForwardItem, ReferenceEngine
 from srt_ext.engine.drive import greedy_generate
+from srt_ext.engine.model_store import TINY_MODEL
 
 pytestmark = pytest.mark.timeout(120)
 LOOP = "tcp://127.0.0.1:*"
@@ -34,7 +35,7 @@ LOOP = "tcp://127.0.0.1:*"
 def engines():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield ReferenceEngine(kv_capacity_tokens=256), ReferenceEngine(kv_capacity_tokens=256)
+    yield ReferenceEngine(TINY_MODEL, kv_capacity_tokens=256), ReferenceEngine(TINY_MODEL, kv_capacity_tokens=256)
     torch.set_num_threads(threads)
 
 

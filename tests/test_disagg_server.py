@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from srt_ext.disagg.serve import launch_disaggregated
+from srt_ext.engine.model_store import TINY_MODEL
 from srt_ext.launch import launch_server
 
 pytestmark = pytest.mark.timeout(240)
@@ -27,10 +28,10 @@ def outputs(client) -> list[list[int]]:
 
 
 def test_split_server_matches_single_server():
-    with launch_server(max_total_tokens=2048, threads=1) as h, h.client() as c:
+    with launch_server(model_path=TINY_MODEL, max_total_tokens=2048, threads=1) as h, h.client() as c:
         expected = outputs(c)
     assert all(len(o) == 5 for o in expected)
-    with launch_disaggregated(max_total_tokens=2048, threads=1, decode_tokens=2048) as (h, dec):
+    with launch_disaggregated(model_path=TINY_MODEL, max_total_tokens=2048, threads=1, decode_tokens=2048) as (h, dec):
         with h.client() as c:
             assert outputs(c) == expected
             stats = c.stats()

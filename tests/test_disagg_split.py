@@ -15,6 +15,7 @@ from srt_ext import messages as m
 from srt_ext.disagg.decode import DecodeWorker
 from srt_ext.disagg.prefill import PrefillWorkerCore
 from srt_ext.engine import ReferenceEngine
+from srt_ext.engine.model_store import TINY_MODEL
 from srt_ext.worker_core import WorkerCore
 
 pytestmark = pytest.mark.timeout(120)
@@ -24,7 +25,7 @@ pytestmark = pytest.mark.timeout(120)
 def engines():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield [ReferenceEngine(kv_capacity_tokens=512) for _ in range(3)]
+    yield [ReferenceEngine(TINY_MODEL, kv_capacity_tokens=512) for _ in range(3)]
     torch.set_num_threads(threads)
 
 

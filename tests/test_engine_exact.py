@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from srt_ext.engine import ForwardItem, ReferenceEngine
 from srt_ext.engine.drive import DrivenStream, greedy_generate, run_streams
+from srt_ext.engine.model_store import TINY_MODEL
 
 pytestmark = pytest.mark.timeout(300)
 NEW_TOKENS = 6
@@ -22,7 +23,7 @@ NEW_TOKENS = 6
 def engine():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # 2 shared cores: one thread is faster here and per-op results
-    yield ReferenceEngine(kv_capacity_tokens=4096)  # are only promised at a fixed count
+    yield ReferenceEngine(TINY_MODEL, kv_capacity_tokens=4096)  # are only promised at a fixed count
     torch.set_num_threads(threads)
 
 
@@ -142,8 +143,8 @@ def test_decode_with_kv_equals_full_recompute(engine):
 def test_fast_path_matches_within_tolerance():
     """The GPU code path (packed dense matmuls, SDPA, batched padded decode) run on
     CPU in float64: not bit-exact by construction, so checked by tolerance."""
-    fast = ReferenceEngine(kv_capacity_tokens=1024, exact=False)
-    exact_ref = ReferenceEngine(kv_capacity_tokens=1024)
+    fast = ReferenceEngine(TINY_MODEL, kv_capacity_tokens=1024, exact=False)
+    exact_ref = ReferenceEngine(TINY_MODEL, kv_capacity_tokens=1024)
     worst = 0.0
     for seed, n in [(1, 37), (2, 64), (3, 90)]:
         ids = prompt(seed, n, fast.vocab_size)

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from srt_ext.engine import ForwardItem, ReferenceEngine
+from srt_ext.engine.model_store import TINY_MODEL
 
 pytestmark = [
     pytest.mark.gpu,
@@ -43,8 +44,8 @@ def last_logits(engine, ids, chunks, other_len=0):
 
 
 def test_bf16_chunked_vs_one_shot_tolerance():
-    gpu = ReferenceEngine(device="cuda", kv_capacity_tokens=8192)
-    cpu = ReferenceEngine(kv_capacity_tokens=8192)
+    gpu = ReferenceEngine(TINY_MODEL, device="cuda", kv_capacity_tokens=8192)
+    cpu = ReferenceEngine(TINY_MODEL, kv_capacity_tokens=8192)
     assert gpu.dtype == torch.bfloat16 and not gpu.exact
     rng = random.Random(0)
     worst, agree, agree_cpu, cases = 0.0, 0, 0, 60

@@ -9,6 +9,7 @@ import torch
 
 from srt_ext.engine import ForwardItem, ReferenceEngine
 from srt_ext.engine.drive import greedy_generate
+from srt_ext.engine.model_store import TINY_MODEL
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -17,7 +18,7 @@ pytestmark = pytest.mark.timeout(300)
 def engine():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield ReferenceEngine(kv_capacity_tokens=512)
+    yield ReferenceEngine(TINY_MODEL, kv_capacity_tokens=512)
     torch.set_num_threads(threads)
 
 

@@ -15,6 +15,7 @@ from transformers.models.llama import modeling_llama
 
 from srt_ext.engine import ForwardItem, ReferenceEngine
 from srt_ext.engine.config import LlamaArch, rope_inv_freq
+from srt_ext.engine.model_store import TINY_MODEL
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -71,7 +72,7 @@ def engine_logits(engine: ReferenceEngine, ids: list[int], lengths: list[int]) -
 
 @pytest.fixture(scope="module")
 def tiny_engine() -> ReferenceEngine:
-    return ReferenceEngine(kv_capacity_tokens=1024)
+    return ReferenceEngine(TINY_MODEL, kv_capacity_tokens=1024)
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.timeout(120)
 
 def test_quick_profile_loads(tmp_path):
     out = tmp_path / "quick.json"
-    argv = ["profile", "--max-tokens", "64", "--repeats", "1", "--warmup", "0",
+    argv = ["profile", "--model-path", "tiny-random", "--max-tokens", "64", "--repeats", "1", "--warmup", "0",
             "--decode-batches", "1,2", "--out", str(out)]  # fmt: skip
     assert main(argv) == 0
     prof = json.loads(out.read_text())

@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from srt_ext.engine.model_store import TINY_MODEL
 from stream2llm.cli import main
 
 pytestmark = pytest.mark.timeout(240)
@@ -18,7 +19,7 @@ ROW_KEYS = {"scheduler", "streaming", "ttft_s", "ttft_from_arrival_s", "completi
 def server():
     from srt_ext.launch import launch_server
 
-    with launch_server(max_total_tokens=8192, threads=1) as h:
+    with launch_server(model_path=TINY_MODEL, max_total_tokens=8192, threads=1) as h:
         yield h
 
 

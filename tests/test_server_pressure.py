@@ -15,6 +15,7 @@ from server_helpers import prompt, server, split, versions
 from srt_ext.client import AsyncClient
 from srt_ext.engine import ReferenceEngine
 from srt_ext.engine.drive import greedy_generate
+from srt_ext.engine.model_store import TINY_MODEL
 
 pytestmark = pytest.mark.timeout(300)
 NEW = 6
@@ -27,7 +28,7 @@ def reference() -> dict[tuple[int, int], list[int]]:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        eng = ReferenceEngine(kv_capacity_tokens=1024)
+        eng = ReferenceEngine(TINY_MODEL, kv_capacity_tokens=1024)
         return {k: greedy_generate(eng, prompt(*k), NEW) for k in KEYS}
     finally:
         torch.set_num_threads(threads)

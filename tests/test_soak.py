@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from eval.soak import SoakConfig, leaks, run_soak
+from srt_ext.engine.model_store import TINY_MODEL
 from srt_ext.launch import launch_server
 
 pytestmark = pytest.mark.timeout(240)
@@ -24,7 +25,7 @@ pytestmark = pytest.mark.timeout(240)
 
 @pytest.fixture(scope="module")
 def srv():
-    with launch_server(max_total_tokens=384, token_budget=64, stream_idle_timeout=1.0,
+    with launch_server(model_path=TINY_MODEL, max_total_tokens=384, token_budget=64, stream_idle_timeout=1.0,
                        threads=1) as h:  # fmt: skip
         yield h
 

@@ -18,7 +18,7 @@ import torch
 
 from srt_ext.engine.kv import KVMover, make_kv_pool
 from srt_ext.engine.llama import LlamaModel, Span, StepBatch
-from srt_ext.engine.tiny_model import ensure_tiny_model
+from srt_ext.engine.model_store import resolve_model
 
 
 @dataclass
@@ -66,7 +66,7 @@ def sample_token(logits: torch.Tensor, item: ForwardItem, position: int) -> int:
 
 
 class ReferenceEngine:
-    """A Llama checkpoint (default: the embedded tiny model) over SGLang's KV pool."""
+    """A Llama checkpoint (default: SmolLM2-135M-Instruct, model_store.py) over SGLang's KV pool."""
 
     def __init__(
         self,
@@ -82,7 +82,7 @@ class ReferenceEngine:
         on_cpu = self.device.type == "cpu"
         self.dtype = dtype or (torch.float64 if on_cpu else torch.bfloat16)
         self.exact = on_cpu if exact is None else exact
-        self.model_path = Path(model_path) if model_path else ensure_tiny_model()
+        self.model_path = resolve_model(model_path)  # a name (default: SmolLM2) or a dir
         from srt_ext.engine.config import LlamaArch
 
         arch = LlamaArch.from_dir(self.model_path)
