@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "index": "retrievers.cli",
     "crawl": "retrievers.cli",
     "demo": "eval.demo",
+    "eval-quality": "eval.quality_cli",
 }
 
 
