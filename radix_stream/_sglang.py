@@ -53,7 +53,11 @@ class _PlaceholderModule(types.ModuleType):
         return TorchvisionUnavailable(f"{self.__name__}.{attr}")
 
 
-class _PlaceholderFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+class PlaceholderFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Answers every ``torchvision[.x]`` import with a placeholder module."""
+
+    stream2llm_torchvision_placeholder = True
+
     def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
         if fullname == "torchvision" or fullname.startswith("torchvision."):
             return importlib.machinery.ModuleSpec(fullname, self, is_package=True)
@@ -74,7 +78,7 @@ def torchvision_is_placeholder() -> bool:
     return bool(getattr(module, "__stream2llm_placeholder__", False))
 
 
-def _settle_transformers_view() -> None:
+def settle_transformers_view() -> None:
     """transformers asks ``find_spec("torchvision")`` (cached) to decide whether
     to use it; ask before the placeholder exists so it caches the truth: absent."""
     try:
@@ -90,7 +94,9 @@ def _settle_transformers_view() -> None:
 def ensure_sglang_importable() -> None:
     """Install the torchvision placeholder if (and only if) torchvision is missing
     or broken, then check that the pinned sglang is the one installed."""
-    if not any(isinstance(f, _PlaceholderFinder) for f in sys.meta_path):
+    # the CPU install's start-up hook (cpu_site/stream2llm_cpu_boot.py) may already
+    # have put a (lazy) placeholder finder in place: every marked finder counts
+    if not any(getattr(f, "stream2llm_torchvision_placeholder", False) for f in sys.meta_path):
         real = importlib.util.find_spec("torchvision") is not None
         if real:
             try:
@@ -100,8 +106,8 @@ def ensure_sglang_importable() -> None:
                     del sys.modules[name]
                 real = False
         if not real:
-            _settle_transformers_view()
-            sys.meta_path.insert(0, _PlaceholderFinder())
+            settle_transformers_view()
+            sys.meta_path.insert(0, PlaceholderFinder())
     import sglang
 
     version = getattr(sglang, "__version__", None)

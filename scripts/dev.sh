@@ -12,6 +12,8 @@ ROOT=$(pwd)
 VENV="$ROOT/.venv"
 PY=${PYTHON:-python3}
 
+site_dir() { "$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])'; }
+
 have_gpu() { command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; }
 
 # pip's resolver complains that --no-deps sglang "requires" the CUDA stack we
@@ -32,6 +34,7 @@ install() {
   if have_gpu; then
     # GPU machine: the full sglang install with its CUDA stack.
     "${pip[@]}" install -e ".[gpu,dev]"
+    rm -f "$(site_dir)/stream2llm-cpu.pth"
   else
     # CPU machine: CPU torch held in place by a constraints file, sglang without
     # its CUDA requirements, and the light modules it imports (docs/install.md).
@@ -40,6 +43,10 @@ install() {
     "${pip[@]}" install -r requirements/sglang-cpu.txt
     "${pip[@]}" install --no-deps "sglang==0.5.23"
     "${pip[@]}" install -e ".[dev]"
+    # SGLang's own server on this CPU (docs/install.md): every Python process of
+    # the venv (SGLang spawns its scheduler and detokenizer) gets cpu_site/ on its
+    # path (our sgl_kernel stand-in) and the lazy torchvision placeholder.
+    printf '%s\nimport stream2llm_cpu_boot\n' "$ROOT/cpu_site" > "$(site_dir)/stream2llm-cpu.pth"
   fi
   echo "$want" > "$stamp"
 }

@@ -22,8 +22,11 @@ Registration is idempotent (SGLang may load plugins more than once).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 SCHED = "sglang.srt.managers.scheduler.Scheduler"
 POLICY = "sglang.srt.managers.schedule_policy.SchedulePolicy"
@@ -36,6 +39,8 @@ def _after_init_dispatcher(result: Any, scheduler: Any, *a: Any, **k: Any) -> An
     from srt_ext.sglang_engine.messages import install_stream_handlers
 
     install_stream_handlers(scheduler)
+    # one line in SGLang's log proves our hooks ran in the scheduler process
+    logger.info("stream2llm: hooks applied, stream handlers installed in the scheduler")
     return result
 
 
