@@ -78,14 +78,15 @@ class StreamPrefillAdder(PrefillAdder):
         if info is not None and info.is_stream and (
             _nothing_to_compute(req) or info.pending_input is not None
         ):
-            kv.park(t, info, req, self.tree_cache)
+            done = kv.park(t, info, req, self.tree_cache)
             if info.pending_input is not None:
                 new, info.pending_input = info.pending_input, None
-                info.tokens_invalidated += kv.cut_to(
-                    self.tree_cache, info, kv.common_prefix(req.origin_input_ids, new)
-                )
+                cut = kv.cut_to(self.tree_cache, info, kv.common_prefix(req.origin_input_ids, new))
+                info.tokens_invalidated += cut
+                t.tokens_invalidated += cut
                 kv.set_input(req, new)
-            if info.final or not _nothing_to_compute(req):
+                done = kv.computed(self.tree_cache, info)
+            if info.final or len(req.origin_input_ids) > done:
                 queue = t.scheduler.waiting_queue if t.scheduler is not None else []
                 kv.unpark(t, info, req, queue)
             return None  # the scheduler's chunked_req slot is free again

@@ -65,16 +65,32 @@ def cut_to(tree: Any, info: StreamInfo, lcp: int) -> int:
     return depth - keep
 
 
-def park(table: StreamTable, info: StreamInfo, req: Any, tree: Any) -> None:
-    """Move a computed partial request out of SGLang's queues into the tree."""
+def park(table: StreamTable, info: StreamInfo, req: Any, tree: Any) -> int:
+    """Move a computed partial request out of SGLang's queues into the tree.
+
+    Pins the node that ends where the computed KV ends (``checkpoint`` leaves it
+    in ``req.last_node``), not what ``init_next_round_input`` matches afterwards:
+    SGLang matches at most ``len(input) - 1`` tokens so that one is left to
+    compute for the logits, and judging "all computed" by that match would
+    re-queue the stream at once and recompute its last token forever.
+    Returns the computed (pinned) length.
+    """
     from sglang.srt.mem_cache.common import release_kv_cache
 
     if req.kv.holds_kv:
         release_kv_cache(req, tree, checkpoint=True)
+        pin(tree, info, req.last_node)
     req.init_next_round_input(tree)  # match what the tree now holds
-    pin(tree, info, req.last_node)
+    if info.pin is None:  # never admitted: pin what it matched
+        pin(tree, info, req.last_node)
     info.parked = True
     table.parked[req.rid] = req
+    return computed(tree, info)
+
+
+def computed(tree: Any, info: StreamInfo) -> int:
+    """Tokens of the stream's input whose KV its pin keeps in the tree."""
+    return tree.depth(info.pin) if info.pin is not None else 0
 
 
 def unpark(table: StreamTable, info: StreamInfo, req: Any, waiting_queue: list) -> None:
@@ -86,8 +102,14 @@ def unpark(table: StreamTable, info: StreamInfo, req: Any, waiting_queue: list) 
 
 
 def set_input(req: Any, ids: array) -> None:
-    """Replace ``req``'s input; drop the fill-id cache so SGLang rebuilds it
-    (``refresh_fill_ids`` would keep a same-length stale array)."""
+    """Replace ``req``'s input and rebuild its fill ids now.
+
+    Rebuilt, not emptied: a request whose chunk is in a forward gets
+    ``checkpoint``-ed (``stash_chunked_request``) from ``full_untruncated_fill_ids``
+    before anything refreshes it, and an empty array there inserts nothing and
+    then frees the KV that the tree still holds (a double free, caught by
+    SGLang's idle pool check). ``refresh_fill_ids`` alone would keep a stale
+    array of the same length."""
     req.origin_input_ids = ids
     req.origin_input_ids_unpadded = ids
-    req.full_untruncated_fill_ids = array("q")
+    req.full_untruncated_fill_ids = ids + array("q", req.output_ids)

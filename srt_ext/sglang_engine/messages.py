@@ -22,6 +22,7 @@ from sglang.srt.managers.io_struct import (
     TokenizedGenerateReqInput,
     hook_custom_types,
 )
+from sglang.srt.sampling.sampling_params import SamplingParams
 from sglang.utils import TypeBasedDispatcher
 
 from srt_ext.sglang_engine import kv
@@ -44,6 +45,9 @@ class StreamChunkReq(BaseReq, kw_only=True):  # type: ignore[call-arg]  # untype
 
     input_ids: list[int]
     final: bool = False
+    # Only with the final chunk: replaces the parameters given at open (normalized
+    # and verified by the tokenizer manager, as SGLang does for /generate).
+    sampling_params: SamplingParams | None = None
 
 
 class StreamAbortReq(BaseReq, kw_only=True):  # type: ignore[call-arg]  # untyped sglang base
@@ -55,9 +59,19 @@ class StreamChunkOutput(BaseReq, kw_only=True):  # type: ignore[call-arg]  # unt
     cached_tokens: int = 0
     invalidated_tokens: int = 0
     error: str | None = None
+    status: int = 200  # HTTP status the API side answers with when ``error`` is set
 
 
-STREAM_TYPES = (StreamOpenReq, StreamChunkReq, StreamAbortReq, StreamChunkOutput)
+class StreamStatsReq(BaseReq, kw_only=True):  # type: ignore[call-arg]  # untyped sglang base
+    """Ask the scheduler for KV and stream counters (``GET /v1/stats``)."""
+
+
+class StreamStatsOutput(BaseReq, kw_only=True):  # type: ignore[call-arg]  # untyped sglang base
+    stats: dict[str, int]
+
+
+STREAM_TYPES = (StreamOpenReq, StreamChunkReq, StreamAbortReq, StreamChunkOutput,
+                StreamStatsReq, StreamStatsOutput)
 
 
 def register_message_types() -> None:
@@ -85,17 +99,17 @@ def _find_req(scheduler: Any, rid: str) -> tuple[Any, str]:
 def handle_stream_open(scheduler: Any, msg: StreamOpenReq) -> StreamChunkOutput:
     t = table()
     rid = msg.generate.rid or msg.rid
-    if rid in t.streams:
-        return StreamChunkOutput(rid=rid, error="stream already open")
+    if rid in t.streams or _find_req(scheduler, rid)[0] is not None:
+        return StreamChunkOutput(rid=rid, error=f"stream {rid} already exists", status=409)
     if msg.mode not in ("append", "update"):
-        return StreamChunkOutput(rid=rid, error=f"unknown mode {msg.mode!r}")
+        return StreamChunkOutput(rid=rid, error=f"unknown mode {msg.mode!r}", status=400)
     info = t.open(rid, msg.mode)  # type: ignore[arg-type]
     info.note_chunk(t.clock(), msg.final)
     scheduler.handle_generate_request(msg.generate)  # SGLang validates and queues
     info.req, _ = _find_req(scheduler, rid)
-    if info.req is None:  # rejected (aborted with an error output) by SGLang
+    if info.req is None:  # rejected by SGLang, which sent the abort to the tokenizer
         t.forget(rid)
-        return StreamChunkOutput(rid=rid, error="rejected by the scheduler")
+        return StreamChunkOutput(rid=rid, error="rejected by the scheduler", status=400)
     return StreamChunkOutput(rid=rid, input_tokens=len(info.req.origin_input_ids))
 
 
@@ -103,14 +117,21 @@ def handle_stream_chunk(scheduler: Any, msg: StreamChunkReq) -> StreamChunkOutpu
     t = table()
     info = t.streams.get(msg.rid or "")
     if info is None or not info.is_stream:
-        return StreamChunkOutput(rid=msg.rid, error="unknown stream")
+        return StreamChunkOutput(rid=msg.rid, error="unknown stream", status=404)
     if info.final:
-        return StreamChunkOutput(rid=msg.rid, error="chunk after the final chunk")
+        return StreamChunkOutput(rid=msg.rid, error="chunk after the final chunk", status=409)
     req, where = _find_req(scheduler, info.rid)
     if req is None:
-        return StreamChunkOutput(rid=msg.rid, error="stream is not live")
+        return StreamChunkOutput(rid=msg.rid, error="stream is not live", status=410)
     tree = scheduler.tree_cache
     new = array("q", msg.input_ids)
+    total = len(new) + (len(req.origin_input_ids) if info.mode == "append" else 0)
+    limit = getattr(scheduler, "max_req_input_len", None)
+    if limit is not None and total >= limit:
+        return StreamChunkOutput(rid=msg.rid, status=400, error=(
+            f"input length ({total} tokens) exceeds the maximum allowed length ({limit} tokens)"))
+    if msg.sampling_params is not None:
+        req.sampling_params = msg.sampling_params  # not sampled yet: safe to replace
     invalidated = 0
     if info.mode == "append":
         kv.set_input(req, req.origin_input_ids + new)
@@ -121,6 +142,7 @@ def handle_stream_chunk(scheduler: Any, msg: StreamChunkReq) -> StreamChunkOutpu
             invalidated = kv.cut_to(tree, info, kv.common_prefix(req.origin_input_ids, new))
         kv.set_input(req, new)
     info.tokens_invalidated += invalidated
+    t.tokens_invalidated += invalidated
     info.note_chunk(t.clock(), msg.final)
     if where == "parked":
         kv.unpark(t, info, req, scheduler.waiting_queue)
@@ -134,18 +156,61 @@ def handle_stream_chunk(scheduler: Any, msg: StreamChunkReq) -> StreamChunkOutpu
     )
 
 
-def handle_stream_abort(scheduler: Any, msg: StreamAbortReq) -> None:
+def handle_stream_abort(scheduler: Any, msg: StreamAbortReq) -> StreamChunkOutput:
+    """Abort a stream wherever it is; the tokenizer side gets SGLang's usual
+    abort output, so its waiter finishes with ``finish_reason.type == "abort"``."""
     t = table()
     rid = msg.rid or ""
     info = t.streams.get(rid)
+    if info is None:
+        return StreamChunkOutput(rid=rid, error="unknown stream", status=404)
+    req, _ = _find_req(scheduler, rid)
+    n = len(req.origin_input_ids) if req is not None else 0
+    release_parked(scheduler, rid, "aborted by the client")
+    if rid in t.streams:  # queued or in a forward: SGLang's own abort path
+        t.forget(rid)
+        kv.unpin(scheduler.tree_cache, info)
+        scheduler.abort_request(AbortReq(rid=rid))
+    return StreamChunkOutput(rid=rid, input_tokens=n)
+
+
+def release_parked(scheduler: Any, rid: str, why: str) -> bool:
+    """Drop a parked stream (out of SGLang's queues, so SGLang's abort cannot see
+    it): release its pin and tell the tokenizer side it ended."""
+    t = table()
+    req = t.parked.get(rid)
+    if req is None:
+        return False
+    info = t.forget(rid)
     if info is not None:
         kv.unpin(scheduler.tree_cache, info)
-    if rid in t.parked:  # out of SGLang's queues: nothing of it left there
-        t.forget(rid)
-        return None
-    t.forget(rid)
-    scheduler.abort_request(AbortReq(rid=rid))
-    return None
+    reason = {"type": "abort", "message": why}
+    scheduler.send_abort_output(AbortReq(rid=rid, finished_reason=reason), req)
+    return True
+
+
+def handle_stream_stats(scheduler: Any, msg: StreamStatsReq) -> StreamStatsOutput:
+    """KV and stream counters, named as the reference server's ``/v1/stats``."""
+    t = table()
+    tree, alloc = scheduler.tree_cache, scheduler.token_to_kv_pool_allocator
+    cap = int(getattr(scheduler, "max_total_num_tokens", 0) or alloc.size)
+    free = int(alloc.available_size())
+    running = getattr(scheduler, "running_batch", None)
+    stats = {
+        "kv_capacity_tokens": cap,
+        "kv_free_tokens": free,
+        "kv_used_tokens": cap - free,
+        "kv_pinned_tokens": int(tree.protected_size()),
+        "kv_evictable_tokens": int(tree.evictable_size()),
+        "streams_open": len(t.streams),
+        "streams_parked": len(t.parked),
+        "requests_waiting": len(scheduler.waiting_queue),
+        "requests_running": len(getattr(running, "reqs", None) or []),
+        "tokens_invalidated": t.tokens_invalidated,
+        "preemptions_recompute": t.decisions["recompute"],
+        "preemptions_swap": t.decisions["swap"],
+    }
+    return StreamStatsOutput(rid=msg.rid, stats=stats)
 
 
 def install_stream_handlers(scheduler: Any) -> None:
@@ -156,4 +221,5 @@ def install_stream_handlers(scheduler: Any) -> None:
         (StreamOpenReq, partial(handle_stream_open, scheduler)),
         (StreamChunkReq, partial(handle_stream_chunk, scheduler)),
         (StreamAbortReq, partial(handle_stream_abort, scheduler)),
+        (StreamStatsReq, partial(handle_stream_stats, scheduler)),
     ])

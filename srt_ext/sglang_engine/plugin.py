@@ -9,6 +9,13 @@ backend (``--radix-cache-backend stream2llm``) and these hooks:
 * AFTER  ``SchedulePolicy.calc_priority``: re-sort the waiting queue by our policy.
 * REPLACE ``ScheduleBatch._get_decode_retraction_order``: our victim order.
 * AROUND ``ScheduleBatch.retract_decode``: count recompute/swap decisions.
+* AFTER  ``SchedulerOutputStreamer.stream_output``, ``Scheduler.send_abort_output``,
+  ``Scheduler.abort_request``; AROUND ``Scheduler.flush_cache``: a stream's
+  entry ends with its request, parked streams are abortable and never flushed
+  (``lifecycle``).
+* AFTER  ``TokenizerManager.init_request_dispatcher`` (the HTTP process): the
+  ``/v1/streams`` routes on SGLang's FastAPI app and the reply handler
+  (``frontend``).
 
 Registration is idempotent (SGLang may load plugins more than once).
 """
@@ -24,6 +31,8 @@ logger = logging.getLogger(__name__)
 SCHED = "sglang.srt.managers.scheduler.Scheduler"
 POLICY = "sglang.srt.managers.schedule_policy.SchedulePolicy"
 BATCH = "sglang.srt.managers.schedule_batch.ScheduleBatch"
+STREAMER = "sglang.srt.managers.scheduler_components.output_streamer.SchedulerOutputStreamer"
+TOKENIZER = "sglang.srt.managers.tokenizer_manager.TokenizerManager"
 
 
 def _after_init_dispatcher(result: Any, scheduler: Any, *a: Any, **k: Any) -> Any:
@@ -37,7 +46,9 @@ def _after_init_dispatcher(result: Any, scheduler: Any, *a: Any, **k: Any) -> An
 
 def hooks() -> list[tuple[str, Callable, str]]:
     """(target, hook, HookType name) for everything we install."""
+    from srt_ext.sglang_engine import lifecycle
     from srt_ext.sglang_engine.adder import calc_priority_after, get_prefill_adder_class
+    from srt_ext.sglang_engine.frontend import tokenizer_dispatcher_after
     from srt_ext.sglang_engine.retract import retract_decode_around, stream_retraction_order
 
     return [
@@ -46,6 +57,11 @@ def hooks() -> list[tuple[str, Callable, str]]:
         (f"{POLICY}.calc_priority", calc_priority_after, "AFTER"),
         (f"{BATCH}._get_decode_retraction_order", stream_retraction_order, "REPLACE"),
         (f"{BATCH}.retract_decode", retract_decode_around, "AROUND"),
+        (f"{STREAMER}.stream_output", lifecycle.stream_output_after, "AFTER"),
+        (f"{SCHED}.send_abort_output", lifecycle.send_abort_output_after, "AFTER"),
+        (f"{SCHED}.abort_request", lifecycle.abort_request_after, "AFTER"),
+        (f"{SCHED}.flush_cache", lifecycle.flush_cache_around, "AROUND"),
+        (f"{TOKENIZER}.init_request_dispatcher", tokenizer_dispatcher_after, "AFTER"),
     ]
 
 

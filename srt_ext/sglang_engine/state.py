@@ -20,6 +20,7 @@ from scheduler.policies import Key, Policy, get_policy
 from scheduler.stream import Mode, Stream
 
 POLICY_ENV = "STREAM2LLM_POLICY"
+ONESHOT_ATTR = "_stream2llm_oneshot"  # pseudo-stream of a one-shot Req, kept on the Req
 COST_MODEL_ENV = "STREAM2LLM_COST_MODEL"
 
 
@@ -35,6 +36,7 @@ class StreamInfo:
     chunks: int = 0
     first_chunk_s: float | None = None
     last_chunk_s: float | None = None
+    final_s: float | None = None  # when the input became final: ``ours`` ages from it
     is_stream: bool = True  # False: a plain one-shot request, seen by the adder
     req: Any = None  # sglang Req, once the scheduler created it
     pin: Any = None  # TreeNode we hold one lock on while the stream is parked
@@ -47,7 +49,8 @@ class StreamInfo:
             self.first_chunk_s = now
         self.last_chunk_s = now
         self.chunks += 1
-        self.final = self.final or final
+        if final and not self.final:
+            self.final, self.final_s = True, now
 
 
 def _cost_model_from_env() -> CostModel | None:
@@ -68,6 +71,7 @@ class StreamTable:
     parked: dict[str, Any] = field(default_factory=dict)  # rid -> Req out of SGLang's queues
     scheduler: Any = None
     decisions: dict[str, int] = field(default_factory=lambda: {"recompute": 0, "swap": 0})
+    tokens_invalidated: int = 0  # all streams, for /v1/stats
     _seq: Any = field(default_factory=itertools.count)
 
     def open(self, rid: str, mode: Mode, final: bool = False) -> StreamInfo:
@@ -77,13 +81,20 @@ class StreamTable:
         return info
 
     def info(self, req: Any) -> StreamInfo:
-        """The stream of ``req``; a one-shot request gets a final pseudo-stream."""
+        """The stream of ``req``; a one-shot request gets a final pseudo-stream.
+
+        The pseudo-stream lives on the ``Req`` itself (not in ``streams``), so it
+        goes away with the request: the table holds streams only, and a server
+        answering millions of ``/generate`` calls does not grow it."""
         info = self.streams.get(req.rid)
+        if info is not None:
+            return info
+        info = getattr(req, ONESHOT_ATTR, None)
         if info is None:
             now = self.clock()
-            info = StreamInfo(req.rid, "append", next(self._seq), now, final=True,
-                              chunks=1, first_chunk_s=now, last_chunk_s=now, is_stream=False)
-            self.streams[req.rid] = info
+            info = StreamInfo(req.rid, "append", next(self._seq), now, final=True, chunks=1,
+                              first_chunk_s=now, last_chunk_s=now, final_s=now, is_stream=False)
+            setattr(req, ONESHOT_ATTR, info)
         return info
 
     def is_partial(self, req: Any) -> bool:
@@ -96,17 +107,17 @@ class StreamTable:
         info = self.info(req)
         return Stream(
             rid=req.rid, mode=info.mode, seq=info.seq, opened_s=info.opened_s,
-            input_ids=list(req.origin_input_ids), final=info.final, chunks=info.chunks,
+            input_ids=req.origin_input_ids, final=info.final, chunks=info.chunks,
             first_chunk_s=info.first_chunk_s, last_chunk_s=info.last_chunk_s,
-            outputs=list(req.output_ids), computed=int(req.prefix_len or 0),
+            final_s=info.final_s, outputs=req.output_ids, computed=int(req.prefix_len or 0),
         )
 
     def key(self, req: Any, now: float | None = None) -> Key:
         return self.policy.key(self.as_stream(req), self.clock() if now is None else now)
 
-    def forget(self, rid: str) -> None:
-        self.streams.pop(rid, None)
+    def forget(self, rid: str) -> StreamInfo | None:
         self.parked.pop(rid, None)
+        return self.streams.pop(rid, None)
 
 
 TABLE = StreamTable()
