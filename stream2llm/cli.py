@@ -18,6 +18,7 @@ COMMANDS: dict[str, str] = {
     "bench-cpu": "eval.bench_cpu",
     "sim": "eval.sim_cli",
     "replay": "eval.replay",
+    "validate": "eval.validate",
     "serve": "srt_ext.serve_cli",
     "profile": "srt_ext.profile_cli",
     "index": "retrievers.cli",
