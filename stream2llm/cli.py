@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "index": "retrievers.cli",
     "crawl": "retrievers.cli",
     "demo": "eval.demo",
+    "record-traces": "eval.record_traces",
 }
 
 
