@@ -1,9 +1,13 @@
 """`stream2llm replay`: replay a workload against a live server, streaming vs not.
 
     stream2llm replay --url http://127.0.0.1:30000 --workload crawler|anns|FILE.jsonl \\
-        --qps 2 --num-queries 8 --time-scale 0.1 --json out.json [--plot DIR]
+        --qps 2 --num-queries 8 --time-scale 0.1 [--rounds 2] --json out.json [--plot DIR]
 
-Each query is replayed twice (one run per mode, baseline first, like `sim`):
+Each query is replayed once per mode and round. Passes are fair to the
+baseline: the server's prefix cache is flushed (``/flush_cache``) before every
+pass, so no pass reuses what another left cached, and the order of the modes
+alternates between rounds (round 0 non-streaming first, round 1 streaming
+first, ...); each row pools its mode's rounds (completion time: their mean).
 
 * streaming: the stream opens with the first chunk at ``arrival + t0*X`` and
   every later chunk is sent at its own time scaled by X (append or update);
@@ -46,6 +50,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--max-new-tokens", type=int, default=1)
     p.add_argument("--concurrency-limit", type=int, default=32, help="queries in flight at once")
     p.add_argument("--modes", default="non-streaming,streaming")
+    p.add_argument("--rounds", type=int, default=2,
+                   help="passes per mode; the mode order alternates between rounds")
+    p.add_argument("--no-flush", dest="flush", action="store_false",
+                   help="do not flush the prefix cache before each pass (unfair: a later "
+                   "pass reuses the earlier one's prefixes)")
     p.add_argument("--request-timeout", type=float, default=300.0, help="seconds per query")
     p.add_argument("--label", default="streaming", help="name of the streaming row")
     p.add_argument(
@@ -178,6 +187,8 @@ async def replay(url: str, queries: list[Any], streaming: bool, args: argparse.N
     sampling = {"max_new_tokens": args.max_new_tokens, "temperature": 0.0, "ignore_eos": True}
     sem = asyncio.Semaphore(args.concurrency_limit)
     async with AsyncClient(url, api_key=args.api_key, timeout=args.request_timeout) as client:
+        if getattr(args, "flush", True):
+            await client.flush_cache()  # nothing cached by an earlier pass may be reused
         before = await client.stats()
         t0 = time.perf_counter() + 0.05
 
@@ -204,6 +215,56 @@ async def replay(url: str, queries: list[Any], streaming: bool, args: argparse.N
     inval = after.get("tokens_invalidated", 0) - before.get("tokens_invalidated", 0)
     end = max((o.done_at for o in outs if o.error is None), default=t0)
     return list(outs), {"preemptions": delta, "tokens_invalidated": inval}, end - t0
+
+
+@dataclass
+class Passes:
+    """One mode's passes pooled: outcomes, server counters summed, mean completion."""
+
+    outs: list[Outcome] = field(default_factory=list)
+    server: dict[str, Any] = field(
+        default_factory=lambda: {"preemptions": {"recompute": 0, "swap": 0},
+                                 "tokens_invalidated": 0})  # fmt: skip
+    completions: list[float] = field(default_factory=list)
+    wall_s: float = 0.0
+
+    @property
+    def completion_s(self) -> float:
+        return sum(self.completions) / len(self.completions) if self.completions else 0.0
+
+
+def mode_order(modes: list[str], rounds: int) -> list[str]:
+    """Passes in run order: the mode order is reversed every other round, so neither
+    mode always runs first on a freshly started (or freshly flushed) server."""
+    out: list[str] = []
+    for r in range(rounds):
+        out += modes if r % 2 == 0 else modes[::-1]
+    return out
+
+
+def run_passes(url: str, queries: list[Any], modes: list[str],
+               args: argparse.Namespace) -> dict[str, Passes]:  # fmt: skip
+    """Every pass of every mode (``mode_order``), the cache flushed before each."""
+    res = {mode: Passes() for mode in modes}
+    for mode in mode_order(modes, getattr(args, "rounds", 1)):
+        streaming = mode == "streaming"
+        bar = None
+        if not getattr(args, "quiet", True):
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(queries), desc=mode, unit="q", leave=False)
+        t = time.perf_counter()
+        outs, server, completion = asyncio.run(replay(url, queries, streaming, args, bar))
+        if bar is not None:
+            bar.close()
+        p = res[mode]
+        p.outs += outs
+        for k, v in server["preemptions"].items():
+            p.server["preemptions"][k] += v
+        p.server["tokens_invalidated"] += server["tokens_invalidated"]
+        p.completions.append(completion)
+        p.wall_s += time.perf_counter() - t
+    return res
 
 
 def row(label: str, streaming: bool, outs: list[Outcome], server: dict[str, Any],
@@ -250,21 +311,17 @@ def run(args: argparse.Namespace) -> int:
     if limit:
         queries = [fit_context(q, limit) for q in queries]
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    if args.rounds < 1:
+        print("stream2llm replay: --rounds must be >= 1", file=sys.stderr)
+        return 2
+    passes = run_passes(args.url, queries, modes, args)
     results, raw = [], {}
     for mode in modes:
         streaming = mode == "streaming"
         label = args.label if streaming else "non-streaming"
-        bar = None
-        if not args.quiet:
-            from tqdm import tqdm
-
-            bar = tqdm(total=len(queries), desc=label, unit="q", leave=False)
-        t = time.perf_counter()
-        outs, server, completion = asyncio.run(replay(args.url, queries, streaming, args, bar))
-        if bar is not None:
-            bar.close()
-        results.append(row(label, streaming, outs, server, completion, time.perf_counter() - t))
-        raw[label] = [o.ttft_s for o in outs if o.ttft_s is not None]
+        p = passes[mode]
+        results.append(row(label, streaming, p.outs, p.server, p.completion_s, p.wall_s))
+        raw[label] = [o.ttft_s for o in p.outs if o.ttft_s is not None]
     base = next((r for r in results if not r["streaming"]), None)
     table = []
     for r in results:
@@ -278,7 +335,8 @@ def run(args: argparse.Namespace) -> int:
     config = {"workload": args.workload, "qps": args.qps, "num_queries": len(queries),
               "seed": args.seed, "time_scale": args.time_scale, "max_new_tokens": args.max_new_tokens,
               "concurrency_limit": args.concurrency_limit, "url": args.url, "measured": True,
-              "max_input_words": limit}  # fmt: skip
+              "max_input_words": limit, "rounds": args.rounds, "flush": args.flush,
+              "order": mode_order(modes, args.rounds)}  # fmt: skip
     if args.json_out:
         Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json_out).write_text(

@@ -15,6 +15,17 @@ scheduler's snapshot of ``final``.
 The non-streaming baseline feeds the same engine one final chunk (the whole
 input) when retrieval ends. TTFT is timed from that moment (the paper's
 definition) for both, and also from query arrival.
+
+Fixed costs (the profile's ``fixed``, scheduler.cost_model.FixedCosts) are what
+a real server pays besides the forward pass, charged where the server pays them:
+a chunk reaches the scheduler ``chunk_s`` + its tokenization after the client
+sent it; every step costs ``step_s`` more, plus the LM head/sampler for the
+items that sample; the client has the first token ``request_s`` after the
+worker sampled it. With ``client_awaits_acks`` a streaming client sends a chunk
+only once the previous one was acknowledged, and the worker acknowledges only
+between steps (one loop applies messages and runs steps), as ``stream2llm
+replay`` against ``stream2llm serve`` does; the TTFT clock then starts when the
+final chunk is really sent.
 """
 
 from __future__ import annotations
@@ -59,6 +70,8 @@ class SimConfig:
     page_size: int = 16
     host_factor: float = 2.0  # host swap pool, as a multiple of the device pool
     max_batch: int | None = None
+    tokenize: bool = True  # charge the profile's tokenization cost (text inputs)
+    client_awaits_acks: bool = False  # see the module docstring
 
     def label(self) -> str:
         """Streaming runs are named by policy; the non-streaming baseline is plain
@@ -91,11 +104,29 @@ def non_streaming(q: Query) -> Query:
     return Query(q.qid, q.arrival_s, "append", (whole,), q.max_new_tokens, q.meta)
 
 
+STRETCH_MODES = ("all", "gaps")
+
+
 def stretch_first(q: Query, m: float) -> Query:
-    """Multiply the first chunk's offset by ``m`` too (all later chunks shift with it)."""
+    """Multiply the first chunk's offset by ``m`` too (all later chunks shift with it).
+
+    The generator's ``delay_multiplier`` stretches the gaps between chunks; this adds
+    the search latency before the first chunk, so that every delay is stretched."""
     shift = q.chunks[0].t_s * (m - 1.0)
     chunks = tuple(Chunk(c.t_s + shift, c.token_ids, c.text, c.final) for c in q.chunks)
     return Query(q.qid, q.arrival_s, q.mode, chunks, q.max_new_tokens, q.meta)
+
+
+def stretch_delays(queries: Sequence[Query], m: float, stretch: str = "all") -> list[Query]:
+    """Apply the rest of a delay multiplier to traces whose gaps are already stretched
+    (``generate(..., delay_multiplier=m)``): ``"all"`` (the default decision: the
+    paper's ANNS driver stretches every delay, the search latency included) also
+    stretches the first chunk's offset; ``"gaps"`` leaves it."""
+    if stretch not in STRETCH_MODES:
+        raise ValueError(f"stretch must be one of {STRETCH_MODES}, got {stretch!r}")
+    if stretch == "gaps" or m == 1.0:
+        return list(queries)
+    return [stretch_first(q, m) for q in queries]
 
 
 def simulate(
@@ -119,13 +150,23 @@ def simulate(
         max_batch=cfg.max_batch,
     )
     qs = [q if cfg.streaming else non_streaming(q) for q in queries]
-    final_at = [q.arrival_s + q.chunks[-1].t_s for q in qs]
+    fx = cm.fixed
+    awaits = cfg.client_awaits_acks and cfg.streaming
+
+    def in_path(c: Chunk) -> float:  # client send -> the worker has the chunk
+        n = len(c.token_ids or ())
+        return fx.chunk_s + (fx.tokenize_s(n) if cfg.tokenize else 0.0)
+
+    # when each query's latest chunk was sent (the final one starts the TTFT clock)
+    sent_at = [q.arrival_s + q.chunks[0].t_s for q in qs]
+    ack_final = [0.0] * len(qs)  # when the client got the final chunk's reply
     index = {q.qid: i for i, q in enumerate(qs)}
     heap: list[tuple[float, int, int, int, int]] = []
     order = 0
     for i, q in enumerate(qs):
-        heapq.heappush(heap, (q.arrival_s + q.chunks[0].t_s, order, _CHUNK, i, 0))
+        heapq.heappush(heap, (sent_at[i] + in_path(q.chunks[0]), order, _CHUNK, i, 0))
         order += 1
+    step_end = 0.0  # end of the step in flight (the worker replies only between steps)
     res = SimResult(cfg)
     plan: StepPlan | None = None  # the step in flight (its _STEP event is in the heap)
     done = 0
@@ -151,8 +192,17 @@ def simulate(
                 sched.abort(q.qid)
                 res.rejected += 1
                 continue
+            ack = (step_end if plan is not None else now) + fx.ack_s
+            if c.final:
+                ack_final[i] = ack
             if j + 1 < len(q.chunks):
-                heapq.heappush(heap, (q.arrival_s + q.chunks[j + 1].t_s, order, _CHUNK, i, j + 1))
+                nxt = q.chunks[j + 1]
+                send = q.arrival_s + nxt.t_s
+                if awaits:
+                    send = max(send, ack)
+                sent_at[i] = send
+                # a stream's chunks are applied in order (the API room's per-stream lock)
+                heapq.heappush(heap, (max(send + in_path(nxt), now), order, _CHUNK, i, j + 1))
                 order += 1
         elif kind == _WAKE:
             wake_at = math.inf
@@ -162,11 +212,13 @@ def simulate(
             for ev in sched.finish_step(plan, sampled, now):
                 k = index[ev.rid]
                 if ev.kind == "first_token":
-                    res.ttft_s.append(now - final_at[k])
-                    res.ttft_from_arrival_s.append(now - qs[k].arrival_s)
+                    # a streaming client asks for the result once its final chunk is acked
+                    seen = (max(now, ack_final[k]) if awaits else now) + fx.request_s
+                    res.ttft_s.append(seen - sent_at[k])
+                    res.ttft_from_arrival_s.append(seen - qs[k].arrival_s)
                 elif ev.kind == "finished":
                     done += 1
-                    last_finish = now
+                    last_finish = max(last_finish, now + fx.request_s)
                     if bar is not None:
                         bar.update(1)
             plan = None
@@ -177,12 +229,14 @@ def simulate(
             p = sched.schedule(now)
             res.decision_s += time.perf_counter() - t0
             if p.items:
-                dur = cm.step_s((it.start, it.num_tokens) for it in p.items)
+                samples = sum(1 for it in p.items if it.sample)
+                dur = cm.engine_step_s(((it.start, it.num_tokens) for it in p.items), samples)
                 dur += sum(half_swap(pr.tokens) for pr in p.preempted if pr.kind == "swap")
                 dur += sum(half_swap(n) for _, n in p.swapped_in)
                 res.busy_s += dur
                 plan = p
-                heapq.heappush(heap, (now + dur, order, _STEP, -1, -1))
+                step_end = now + dur
+                heapq.heappush(heap, (step_end, order, _STEP, -1, -1))
                 order += 1
             elif p.retry_at is not None and p.retry_at < wake_at:  # idle until a hold ends
                 wake_at = p.retry_at

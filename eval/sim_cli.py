@@ -2,7 +2,11 @@
 
     stream2llm sim --workload crawler --qps 4 --schedulers fcfs,lcas,mcps,default,ours \\
         --preemption cost --hardware h200-tp2-llama3-8b --num-queries 2000 --seed 0 \\
-        --json out.json [--plot DIR]
+        [--delay-multiplier 10 --stretch all|gaps] --json out.json [--plot DIR]
+
+``--delay-multiplier`` stretches every delay of a generated trace by default
+(``--stretch all``: the search latency too, as the paper's ANNS driver does);
+``--stretch gaps`` keeps the search latency and stretches only the gaps.
 
 Writes ``{"config": {...}, "results": [...]}`` (eval.metrics.result_row entries,
 plus diagnostics) and prints a table with P50/P99 speedups over non-streaming.
@@ -33,7 +37,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p = subparsers.add_parser("sim", help="simulate schedulers on a workload (discrete events)")
     p.add_argument("--workload", required=True, help="crawler | anns | FILE.jsonl")
     p.add_argument("--qps", type=float, default=4.0)
-    p.add_argument("--delay-multiplier", type=float, default=1.0)
+    p.add_argument("--delay-multiplier", type=float, default=1.0,
+                   help="stretch the trace's delays by this factor (memory pressure; see --stretch)")
     p.add_argument("--schedulers", default=DEFAULT_SCHEDULERS, help="comma-separated policies")
     p.add_argument("--preemption", default="cost", choices=["cost", "recompute", "swap"])
     p.add_argument("--artifact-cost-rule", action="store_true",
@@ -53,9 +58,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--kv-capacity-tokens", type=int, default=None,
                    help="override the profile's KV pool size (tokens)")
     p.add_argument("--page-size", type=int, default=16)
-    p.add_argument("--stretch-first", action="store_true",
-                   help="apply --delay-multiplier to the first chunk's offset too (the "
-                   "workload generator stretches only the gaps between chunks)")
+    p.add_argument("--stretch", choices=["all", "gaps"], default="all",
+                   help="which delays --delay-multiplier stretches: 'all' (default) every "
+                   "delay of a trace, the search latency before the first chunk included, "
+                   "as the paper's ANNS driver does; 'gaps' only the gaps between chunks")
     p.add_argument("--no-baseline", action="store_true", help="skip the non-streaming run")
     p.add_argument("--json", dest="json_out", default=None, help="write results here")
     p.add_argument("--plot", default=None, help="directory for TTFT CCDF plots")
@@ -129,10 +135,10 @@ def _run_seed(
     queries = load_workload(args.workload, **kw)
     if args.workload not in WORKLOADS:
         queries = queries[: args.num_queries]
-    if args.stretch_first and args.delay_multiplier != 1.0:
-        from eval.sim import stretch_first
+    if args.workload in WORKLOADS:  # the generator stretched the gaps; "all" adds the rest
+        from eval.sim import stretch_delays
 
-        queries = [stretch_first(q, args.delay_multiplier) for q in queries]
+        queries = stretch_delays(queries, args.delay_multiplier, args.stretch)
     budget = args.token_budget or (8192 if queries and queries[0].mode == "update" else 2048)
     cm = CostModel.load(args.hardware)
     names = [s.strip() for s in args.schedulers.split(",") if s.strip()]
@@ -156,7 +162,7 @@ def _run_seed(
         "artifact_cost_rule": args.artifact_cost_rule, "hardware": args.hardware,
         "hardware_fit": cm.describe(), "token_budget": budget,
         "kv_capacity_tokens": args.kv_capacity_tokens or cm.kv_capacity_tokens,
-        "page_size": args.page_size, "stretch_first": args.stretch_first,
+        "page_size": args.page_size, "stretch": args.stretch,
         "baselines": baselines,
     }
     return config, results, raw

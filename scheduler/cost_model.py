@@ -14,6 +14,12 @@ data decide. For the simulator it also fits one linear *step* model
 ``t = a + b*T + c*P`` (T new tokens in the batch, P query-key pairs of
 attention) on the prefill and decode points together, so a mixed batch of
 chunks and decode tokens gets one consistent time.
+
+A profile may also carry ``"fixed"``: the costs real serving pays besides the
+forward pass (:class:`FixedCosts`: per request, per chunk, per step, per
+sampled token, tokenization per 1K tokens). Profiles measured with it time the
+prefill and decode points *without* sampling (``stream2llm profile``), so the
+simulator charges the LM head and sampler only to the items that sample.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from __future__ import annotations
 import json
 import warnings
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -92,15 +98,77 @@ def fit_curve(xs: Sequence[float], ys: Sequence[float], what: str = "curve") -> 
 
 @dataclass(frozen=True)
 class StepModel:
-    """``t = a + b*T + c*P``: T new tokens in the batch, P attention query-key pairs."""
+    """``t = a + b*T + c*P + d*C + e*I``: T new tokens in the batch, P attention
+    query-key pairs, C KV tokens the items attend over (each item's start + n), I
+    items. ``d`` and ``e`` are fitted only when the profile has points that tell
+    them apart (``chunk``: prefill at depth; ``batch``: several items per step);
+    otherwise they are 0 and C defaults to T."""
 
     a: float
     b: float
     c: float
     r2: float
+    d: float = 0.0
+    e: float = 0.0
 
-    def __call__(self, tokens: float, pairs: float) -> float:
-        return self.a + self.b * tokens + self.c * pairs
+    def __call__(self, tokens: float, pairs: float, kv: float | None = None,
+                 items: int = 1) -> float:  # fmt: skip
+        kv = tokens if kv is None else kv
+        return self.a + self.b * tokens + self.c * pairs + self.d * kv + self.e * items
+
+
+@dataclass(frozen=True)
+class FixedCosts:
+    """Seconds real serving pays outside the forward pass (all default to 0).
+
+    Why: without them a simulated streaming TTFT tends to zero at low load, while a
+    real server still pays HTTP, tokenization, scheduling and the sampler. Where the
+    simulator charges each term (eval/sim.py):
+
+    * ``chunk_s``: client send -> the worker has applied the input (HTTP request,
+      API room, ZMQ, worker handling), per chunk and per one-shot request;
+    * ``ack_s``: the worker applied a chunk -> the client has its reply (a streaming
+      client sends the next chunk only then);
+    * ``request_s``: the worker sampled the first token -> the client has it (event,
+      API room, HTTP response), once per request;
+    * ``step_s``: the worker's own time per engine step beyond the forward pass
+      (scheduling, batch building, committing the step);
+    * ``sampled_token_s``: the LM head and sampler, per tile of ``sample_tile``
+      sampling rows (1 on GPUs: per token; the CPU reference engine runs its LM head
+      on fixed 8-row tiles, so 1..8 samples cost the same);
+    * ``tokenize_s_per_1k``: tokenizing text inputs in the API room, per 1K tokens.
+
+    ``source`` says, per term, where the number comes from (a measurement or a
+    published figure with its reference, or that it is an estimate).
+    """
+
+    request_s: float = 0.0
+    chunk_s: float = 0.0
+    ack_s: float = 0.0
+    step_s: float = 0.0
+    sampled_token_s: float = 0.0
+    sample_tile: int = 1
+    tokenize_s_per_1k: float = 0.0
+    source: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_profile(cls, profile: dict) -> FixedCosts:
+        f = dict(profile.get("fixed") or {})
+        known = {k: f[k] for k in cls.__dataclass_fields__ if k in f}
+        bad = [k for k, v in known.items() if k != "source" and (
+            not isinstance(v, (int, float)) or v < 0)]  # fmt: skip
+        if bad:
+            raise ValueError(f"profile {profile.get('name')!r}: bad fixed costs {bad}")
+        return cls(**known)
+
+    def sampled_s(self, samples: int) -> float:
+        """LM head + sampler for ``samples`` sampling rows in one step."""
+        if samples <= 0:
+            return 0.0
+        return -(-samples // max(1, self.sample_tile)) * self.sampled_token_s
+
+    def tokenize_s(self, tokens: int) -> float:
+        return self.tokenize_s_per_1k * tokens / 1000.0
 
 
 def attention_pairs(start: int, n: int) -> float:
@@ -116,6 +184,7 @@ class CostModel:
         self.name: str = profile.get("name", "unnamed")
         self.derived: bool = bool(profile.get("derived", False))
         pre, swp = profile["prefill"], profile["swap"]
+        self.fixed = FixedCosts.from_profile(profile)
         self.prefill = fit_curve(pre["tokens"], pre["seconds"], f"{self.name} prefill")
         self.swap = fit_curve(swp["tokens"], swp["seconds"], f"{self.name} swap")
         self.step = self._fit_step(profile)
@@ -124,25 +193,43 @@ class CostModel:
 
     @staticmethod
     def _fit_step(profile: dict) -> StepModel:
-        rows: list[tuple[float, float, float]] = []
+        rows: list[tuple[float, float, float, float, float]] = []  # T, P, C, I, seconds
         for n, t in zip(profile["prefill"]["tokens"], profile["prefill"]["seconds"], strict=True):
-            rows.append((n, attention_pairs(0, int(n)), t))
+            rows.append((n, attention_pairs(0, int(n)), n, 1, t))
         dec = profile.get("decode")
         if dec:
             for b, ctx, t in zip(dec["batch"], dec["context"], dec["seconds"], strict=True):
-                rows.append((b, b * ctx, t))
+                rows.append((b, b * ctx, b * (ctx + 1), b, t))
+        chunk, batch = profile.get("chunk") or {}, profile.get("batch") or {}
+        for st, n, t in zip(chunk.get("start", ()), chunk.get("tokens", ()),
+                            chunk.get("seconds", ()), strict=True):  # fmt: skip
+            rows.append((n, attention_pairs(int(st), int(n)), st + n, 1, t))
+        for k, n, t in zip(batch.get("items", ()), batch.get("tokens", ()),
+                           batch.get("seconds", ()), strict=True):  # fmt: skip
+            rows.append((k * n, k * attention_pairs(0, int(n)), k * n, k, t))
         arr = np.asarray(rows, dtype=float)
-        # relative least squares: short steps matter as much as long ones
-        w = 1.0 / arr[:, 2]
-        A = np.stack([np.ones(len(arr)), arr[:, 0], arr[:, 1]], axis=1)
-        sol, *_ = np.linalg.lstsq(A * w[:, None], arr[:, 2] * w, rcond=None)
-        sol = np.maximum(sol, 0.0)
-        r2 = _r2(arr[:, 2], A @ sol)
-        return StepModel(float(sol[0]), float(sol[1]), float(sol[2]), r2)
+        cols = [np.ones(len(arr)), arr[:, 0], arr[:, 1]]
+        extended = bool(chunk or batch)
+        if extended:  # the KV read and per-item terms are identifiable only with these points
+            cols += [arr[:, 2], arr[:, 3]]
+        A = np.stack(cols, axis=1)
+        y = arr[:, 4]
+        w = 1.0 / y  # relative least squares: short steps matter as much as long ones
+        if extended:
+            from scipy.optimize import nnls
+
+            sol, _ = nnls(A * w[:, None], y * w)
+        else:
+            sol, *_ = np.linalg.lstsq(A * w[:, None], y * w, rcond=None)
+            sol = np.maximum(sol, 0.0)
+        r2 = _r2(y, A @ sol)
+        d, e = (float(sol[3]), float(sol[4])) if extended else (0.0, 0.0)
+        return StepModel(float(sol[0]), float(sol[1]), float(sol[2]), r2, d, e)
 
     # --- what the scheduler asks -------------------------------------------------
     def prefill_s(self, n: int) -> float:
-        return self.prefill(n)
+        """Recomputing ``n`` tokens: at least one step, so with its fixed overhead."""
+        return self.prefill(n) + self.fixed.step_s
 
     def swap_s(self, n: int) -> float:
         """Swap out + swap in of ``n`` tokens' KV."""
@@ -155,15 +242,26 @@ class CostModel:
     # --- what the simulator asks -------------------------------------------------
     def step_s(self, items: Iterable[tuple[int, int]]) -> float:
         """One engine step over ``(start, n)`` items (prefill chunks and decode tokens)."""
-        tokens = 0
-        pairs = 0.0
+        tokens = count = 0
+        pairs = kv = 0.0
         for start, n in items:
             tokens += n
+            count += 1
             pairs += n * start + n * (n + 1) / 2
-        return self.step(tokens, pairs) if tokens else 0.0
+            kv += start + n
+        return self.step(tokens, pairs, kv, count) if tokens else 0.0
 
     def decode_step_s(self, batch: int, context: int) -> float:
-        return self.step(batch, batch * context)
+        fwd = self.step(batch, batch * context, batch * (context + 1), batch)
+        return fwd + self.fixed.sampled_s(batch)
+
+    def engine_step_s(self, items: Iterable[tuple[int, int]], samples: int) -> float:
+        """What the server pays for one step: its fixed overhead, the forward pass over
+        ``(start, n)`` items and the sampling of ``samples`` rows."""
+        fwd = self.step_s(items)
+        if fwd <= 0.0:
+            return 0.0
+        return self.fixed.step_s + fwd + self.fixed.sampled_s(samples)
 
     def describe(self) -> dict[str, object]:
         return {
@@ -172,6 +270,7 @@ class CostModel:
             "prefill_fit": {"kind": self.prefill.kind, "r2": round(self.prefill.r2, 5)},
             "swap_fit": {"kind": self.swap.kind, "r2": round(self.swap.r2, 5)},
             "step_fit_r2": round(self.step.r2, 5),
+            "fixed": {k: v for k, v in vars(self.fixed).items() if k != "source"},
         }
 
     @classmethod

@@ -12,6 +12,12 @@ Model of one engine step (tensor parallel over ``tp`` GPUs):
 with T new tokens and P query-key pairs. Swap moves 128 KiB/token over each
 GPU's own host link (its half of the KV), out and back, plus a fixed latency
 per direction.
+
+The per-step overhead is *not* in the curves: it is the profile's
+``fixed.step_s``, next to the other fixed costs of real serving (per request,
+per chunk, per sampled token, tokenization; scheduler.cost_model.FixedCosts),
+each with its source in ``fixed.source`` (GPU_FIXED below). None of them has
+been measured on a GPU yet; they are estimates from published figures.
 """
 
 from __future__ import annotations
@@ -94,13 +100,49 @@ HARDWARE = [
 ]
 
 
-def step_seconds(hw: Hardware, tokens: int, pairs: float, kv_read_tokens: float) -> float:
+# Fixed costs for the GPU profiles (seconds), each with where it comes from.
+_OUR_HTTP = ("our own server's HTTP path, measured on the loaded 2-core CPU dev box by "
+             "`stream2llm profile` (about 3-6 ms in, 5-14 ms out, 4-14 ms per chunk reply), "
+             "scaled down to a quiet server-class host CPU")  # fmt: skip
+GPU_FIXED: dict[str, float | int | dict[str, str]] = {
+    "request_s": 3e-3,
+    "chunk_s": 2e-3,
+    "ack_s": 2e-3,
+    "step_s": 1.5e-3,
+    "sampled_token_s": 5e-5,
+    "sample_tile": 1,
+    "tokenize_s_per_1k": 5e-4,
+    "source": {
+        "request_s": f"ESTIMATE: first token -> client (event, API room, HTTP response), from "
+        f"{_OUR_HTTP}. vLLM reports its HTTP API server at 33% of the execution time of Llama "
+        "3 8B on one H100 before v0.6.0 (blog.vllm.ai/2024/09/05/perf-update.html).",
+        "chunk_s": f"ESTIMATE: client send -> worker has the chunk, from {_OUR_HTTP}.",
+        "ack_s": f"ESTIMATE: worker -> client chunk reply, from {_OUR_HTTP}.",
+        "step_s": "ESTIMATE: CPU work per step not hidden behind the GPU (scheduling, batch "
+        "metadata, launches). vLLM v0.6.0's profile of Llama 3 8B on one H100 puts scheduling "
+        "and input preparation at 29% of execution time with 38% on the GPU (blog.vllm.ai/"
+        "2024/09/05/perf-update.html); SGLang v0.4's overlap scheduler hides most of it "
+        "(lmsys.org/blog/2024-12-04-sglang-v0-4, 'zero-overhead batch scheduler'). 1.5 ms is "
+        "our estimate of what is left per step without overlap for streaming chunks.",
+        "sampled_token_s": "ESTIMATE: sampler per sampled row (top-k/top-p/argmax over a "
+        "128K vocabulary, a few tens of microseconds on an H100); the LM head's weight read "
+        "is already in the step curve's weight bytes.",
+        "tokenize_s_per_1k": "ESTIMATE: HF `tokenizers` (Rust) documents under 20 s per GB of "
+        "text on a server CPU, multi-threaded (github.com/huggingface/tokenizers README), "
+        "about 0.1 ms per 1K tokens; one request is tokenized on one thread plus Python "
+        "overhead, so 0.5 ms per 1K tokens.",
+    },
+}
+
+
+def step_seconds(hw: Hardware, tokens: int, pairs: float, kv_read_tokens: float,
+                 overhead: bool = True) -> float:  # fmt: skip
     flops = 2 * hw.params * tokens + 4 * hw.layers * hw.d_model * pairs
     compute = flops / (hw.tp * hw.peak_flops * hw.efficiency)
     if hw.tp > 1:  # two all-reduces per layer of the activations
         compute += 2 * hw.layers * tokens * hw.d_model * 2 / hw.tp_link_bytes_s
     memory = (hw.weight_bytes + kv_read_tokens * hw.kv_bytes_per_token) / hw.tp / hw.hbm_bytes_s
-    return hw.step_overhead_s + max(compute, memory)
+    return (hw.step_overhead_s if overhead else 0.0) + max(compute, memory)
 
 
 def kv_capacity_tokens(hw: Hardware) -> int:
@@ -110,7 +152,8 @@ def kv_capacity_tokens(hw: Hardware) -> int:
 
 def derive(hw: Hardware) -> dict:
     ns = [16 << i for i in range(14)]  # 16 .. 128K, as the artifact profiles
-    prefill = [step_seconds(hw, n, attention_pairs(0, n), n) for n in ns]
+    # the curves are the forward pass; the step overhead is fixed.step_s
+    prefill = [step_seconds(hw, n, attention_pairs(0, n), n, False) for n in ns]
     swap = [
         2 * (n * hw.kv_bytes_per_token / hw.tp / hw.host_link_bytes_s + hw.host_latency_s)
         for n in ns
@@ -120,7 +163,7 @@ def derive(hw: Hardware) -> dict:
         for ctx in (1024, 4096, 16384):
             batches.append(b)
             contexts.append(ctx)
-            dec.append(step_seconds(hw, b, b * ctx, b * ctx))
+            dec.append(step_seconds(hw, b, b * ctx, b * ctx, False))
     return {
         "name": hw.name,
         "derived": True,
@@ -135,7 +178,17 @@ def derive(hw: Hardware) -> dict:
         "prefill": {"tokens": ns, "seconds": [round(t, 7) for t in prefill]},
         "swap": {"tokens": ns, "seconds": [round(t, 7) for t in swap]},
         "decode": {"batch": batches, "context": contexts, "seconds": [round(t, 7) for t in dec]},
+        "fixed": _fixed(hw),
     }
+
+
+def _fixed(hw: Hardware) -> dict[str, object]:
+    """GPU_FIXED, with this hardware's step overhead (the CPU placeholder keeps its own)."""
+    out = dict(GPU_FIXED) | {"step_s": hw.step_overhead_s}
+    if hw.tp == 1:  # the CPU placeholder: nothing published applies
+        out = {"step_s": hw.step_overhead_s,
+               "source": {"step_s": "PLACEHOLDER estimate; measure with `stream2llm profile`"}}
+    return out
 
 
 def main() -> None:

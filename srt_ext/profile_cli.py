@@ -12,6 +12,11 @@ a shared machine). Decode steps (batch x context) are measured too so the
 simulator's step model is fitted on the same hardware. The file is checked by
 loading it with ``scheduler.cost_model.CostModel``, whose R^2 are printed and
 recorded.
+
+The profile's ``"fixed"`` block holds the costs real serving pays besides the
+forward pass (per request, per chunk, per step, per sampled token, tokenization
+per 1K tokens; srt_ext/profile_fixed.py), measured on a real server started
+here with the same model, each with its source.
 """
 
 from __future__ import annotations
@@ -43,6 +48,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         default=16384,
         help="KV pool the server will run with (recorded for the simulator)",
     )
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch threads here and in the profiled server (0: torch's default)")
+    p.add_argument("--skip-http", action="store_true",
+                   help="do not start a server to time the HTTP path (chunk/ack/request = 0)")
     p.add_argument("--name", default=None, help="profile name (default: the output file's stem)")
     p.add_argument("--out", required=True, help="where to write the profile JSON")
     p.set_defaults(func=run)
@@ -65,6 +74,57 @@ def timed(fn: Callable[[], float], repeats: int, warmup: int) -> float:
     return statistics.median(fn() for _ in range(max(1, repeats)))
 
 
+def prefill_s(engine: Any, n: int) -> float:
+    """One forward of ``n`` tokens from scratch, sampling nothing (the LM head and
+    sampler are the profile's ``fixed.sampled_token_s``, charged per sampling row)."""
+    import torch
+
+    from srt_ext.engine import ForwardItem
+
+    slots = engine.allocator.alloc(n)
+    if slots is None:
+        raise RuntimeError(f"KV pool too small to profile {n} tokens")
+    ids = [(n * 131 + i * 17) % engine.vocab_size for i in range(n)]
+    try:
+        if engine.device.type == "cuda":
+            torch.cuda.synchronize(engine.device)
+        t0 = time.perf_counter()
+        engine.forward([ForwardItem("profile", ids, 0, slots[:0], slots, sample=False)])
+        if engine.device.type == "cuda":
+            torch.cuda.synchronize(engine.device)
+        return time.perf_counter() - t0
+    finally:
+        engine.allocator.free(slots)
+
+
+def items_step_s(engine: Any, items: list[tuple[int, int]]) -> float:
+    """One forward over ``(start, n)`` prefill items (the first ``start`` positions'
+    KV is whatever the pool holds: timing does not depend on it), sampling nothing."""
+    import torch
+
+    from srt_ext.engine import ForwardItem
+
+    slots = engine.allocator.alloc(sum(st + n for st, n in items))
+    if slots is None:
+        raise RuntimeError(f"KV pool too small to profile {items}")
+    fwd, off = [], 0
+    for k, (st, n) in enumerate(items):
+        row = slots[off : off + st + n]
+        ids = [(k * 977 + i * 17) % engine.vocab_size for i in range(n)]
+        fwd.append(ForwardItem(f"c{k}", ids, st, row[:st], row[st:], sample=False))
+        off += st + n
+    try:
+        if engine.device.type == "cuda":
+            torch.cuda.synchronize(engine.device)
+        t0 = time.perf_counter()
+        engine.forward(fwd)
+        if engine.device.type == "cuda":
+            torch.cuda.synchronize(engine.device)
+        return time.perf_counter() - t0
+    finally:
+        engine.allocator.free(slots)
+
+
 def decode_step_s(engine: Any, batch: int, context: int, repeats: int, warmup: int) -> float:
     """One decode step of ``batch`` requests at ``context`` tokens each (KV content
     is whatever the pool holds: timing does not depend on it)."""
@@ -77,7 +137,7 @@ def decode_step_s(engine: Any, batch: int, context: int, repeats: int, warmup: i
         raise RuntimeError(f"KV pool too small for decode {batch}x{context}")
     rows = slots.view(batch, context + 1)
     items = [
-        ForwardItem(f"d{b}", [7], context, rows[b, :context], rows[b, context:], sample=True)
+        ForwardItem(f"d{b}", [7], context, rows[b, :context], rows[b, context:], sample=False)
         for b in range(batch)
     ]
 
@@ -122,8 +182,14 @@ def machine_info(engine: Any) -> dict[str, object]:
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     """Run every measurement; the profile dict in cost_model.py's format."""
+    import torch
+
     import radix_stream  # noqa: F401  (sglang importable on the CPU stack)
     from srt_ext.engine import ReferenceEngine
+    from srt_ext.profile_fixed import measure_fixed
+
+    if getattr(args, "threads", 0):
+        torch.set_num_threads(args.threads)
 
     ns = sizes(args.max_tokens)
     batches = [int(b) for b in args.decode_batches.split(",") if b.strip()]
@@ -139,7 +205,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         return sum(engine.profile_swap(n, 1))
 
     for n in ns:
-        prefill.append(timed(partial(engine.profile_prefill, n, 1), rep, warm))
+        prefill.append(timed(partial(prefill_s, engine, n), rep, warm))
         swap.append(timed(partial(swap_s, n), rep, warm))
         print(f"  N={n:6d}  prefill {prefill[-1] * 1e3:9.3f} ms  swap out+in "
               f"{swap[-1] * 1e3:8.3f} ms", file=sys.stderr)  # fmt: skip
@@ -149,6 +215,23 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             dec["batch"].append(b)
             dec["context"].append(c)
             dec["seconds"].append(round(decode_step_s(engine, b, c, rep, warm), 7))
+    # prefill chunks at depth and several items per step: what a streaming server runs
+    chunk: dict[str, list] = {"start": [], "tokens": [], "seconds": []}
+    for st in sorted({ns[-1] // 4, ns[-1] // 2}):
+        for n in sorted({min(ns[-1] // 4, 512), 64}):
+            chunk["start"].append(st)
+            chunk["tokens"].append(n)
+            chunk["seconds"].append(round(timed(partial(items_step_s, engine, [(st, n)]),
+                                                rep, warm), 7))  # fmt: skip
+    batch: dict[str, list] = {"items": [], "tokens": [], "seconds": []}
+    for k in (4, 8):
+        for n in (32, 128):
+            batch["items"].append(k)
+            batch["tokens"].append(n)
+            batch["seconds"].append(round(timed(partial(items_step_s, engine, [(0, n)] * k),
+                                                rep, warm), 7))  # fmt: skip
+    fixed = measure_fixed(engine, args)
+    print(f"  fixed: { {k: v for k, v in fixed.items() if k != 'source'} }", file=sys.stderr)
     pool = engine.pool.k_buffer[0]
     kv_bytes = 2 * engine.arch.num_layers * pool[0].numel() * pool.element_size()
     name = args.name or Path(args.out).stem
@@ -160,22 +243,30 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         f"median of {rep} after {warm} warm-up",
         "machine": machine_info(engine),
         "method": {"repeats": rep, "warmup": warm, "statistic": "median",
-                   "swap": "out + in through the engine's KV mover (SGLang get/load_cpu_copy)"},
+                   "swap": "out + in through the engine's KV mover (SGLang get/load_cpu_copy)",
+                   "prefill_decode": "forward only, no sampling row (see fixed)"},
         "kv_bytes_per_token": int(kv_bytes),
         "kv_capacity_tokens": int(args.kv_capacity_tokens),
         "prefill": {"tokens": ns, "seconds": [round(s, 7) for s in prefill]},
         "swap": {"tokens": ns, "seconds": [round(s, 7) for s in swap]},
         "decode": dec,
+        "chunk": chunk,
+        "batch": batch,
+        "fixed": fixed,
     }  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
+    profile = measure(args)
+    return write_profile(profile, Path(args.out))
+
+
+def write_profile(profile: dict[str, Any], out: Path) -> int:
+    """Record the fits (R^2; CostModel warns under 0.9) and write the JSON."""
     from scheduler.cost_model import CostModel
 
-    profile = measure(args)
     fit = CostModel(profile).describe()
     profile["fit"] = {k: v for k, v in fit.items() if k not in ("name", "derived")}
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(profile, indent=1) + "\n")
     CostModel.load(out)  # what the scheduler will do with it

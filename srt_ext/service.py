@@ -167,6 +167,10 @@ class Service:
         }
         if f is not None:
             info["worker_ttft_s"] = _delta(f.final_t, f.first_token_t)
+            # wall-clock (time.time) stamps of the worker: with the client's own clock on
+            # the same machine they split a TTFT into HTTP-in, worker and HTTP-out parts
+            info["worker_final_at"] = f.final_t
+            info["worker_first_token_at"] = f.first_token_t
         return info
 
     def result(self, st: ReqState) -> dict[str, Any]:

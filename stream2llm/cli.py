@@ -17,6 +17,7 @@ COMMANDS: dict[str, str] = {
     "bench-radix": "eval.bench_radix",
     "sim": "eval.sim_cli",
     "replay": "eval.replay",
+    "validate": "eval.validate",
     "serve": "srt_ext.serve_cli",
     "profile": "srt_ext.profile_cli",
     "index": "retrievers.cli",

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.timeout(120)
 def test_quick_profile_loads(tmp_path):
     out = tmp_path / "quick.json"
     argv = ["profile", "--max-tokens", "64", "--repeats", "1", "--warmup", "0",
-            "--decode-batches", "1,2", "--out", str(out)]  # fmt: skip
+            "--decode-batches", "1,2", "--threads", "1", "--skip-http", "--out", str(out)]  # fmt: skip
     assert main(argv) == 0
     prof = json.loads(out.read_text())
     assert prof["derived"] is False and prof["name"] == "quick"
@@ -26,3 +26,18 @@ def test_quick_profile_loads(tmp_path):
     cm = CostModel.load(out)
     assert not cm.derived and cm.prefill_s(48) > 0 and cm.swap_s(48) > 0
     assert cm.kv_bytes_per_token == prof["kv_bytes_per_token"] > 0
+    # the fixed costs: engine-side terms measured, the HTTP ones skipped here (0)
+    fx = prof["fixed"]
+    assert fx["sampled_token_s"] >= 0 and fx["sample_tile"] == 8  # the CPU LM head: 8-row tiles
+    assert fx["step_s"] > 0 and fx["tokenize_s_per_1k"] > 0
+    assert "chunk_s" not in fx and set(fx["source"]) >= {"sampled_token_s", "step_s", "chunk_s"}
+    assert cm.fixed.sampled_token_s == fx["sampled_token_s"] and cm.fixed.chunk_s == 0.0
+
+
+@pytest.mark.slow
+def test_http_terms_on_a_real_server():
+    from srt_ext.profile_fixed import http_terms
+
+    t = http_terms(None, threads=1, repeats=3)
+    assert set(t) == {"chunk_s", "ack_s", "request_s"}
+    assert all(0 <= v < 5.0 for v in t.values()) and t["chunk_s"] > 0 and t["request_s"] > 0

@@ -1,0 +1,209 @@
+"""`stream2llm validate`: does the simulator predict the real engine on this machine?
+
+    stream2llm validate [--out out/validate] [--num-queries 30] [--profile FILE]
+
+One run, one machine, one set of conditions: (1) ``stream2llm profile``
+measures the forward-pass curves and the fixed costs of the embedded tiny model
+here (unless ``--profile`` reuses a file); (2) each case's trace
+(eval/validate_trace.py: crawler and ANNS at two loads each, and a crawler run
+on a KV pool small enough to preempt) is replayed through ``stream2llm serve``
+(a child process, scheduler fcfs, preemption cost, the same profile as its cost
+model), non-streaming and streaming, with the prefix cache flushed before each
+pass and the order alternating between cases; (3) the same trace is simulated
+with that profile and the server's settings (page 1, host pool 4x, budget,
+clients that await each chunk's reply). It prints P50/P95/P99 TTFT (streaming
+and not), preemptions and completion time side by side, with pass/fail per
+cell (percentiles within 20 %, P99 within 30 %, completion within 5 %), and
+draws measured-vs-simulated TTFT CDFs. Exit status 1 if any cell fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from eval.validate_trace import Case
+
+TOL = {"p50": 0.20, "p95": 0.20, "p99": 0.30, "completion": 0.05}
+TOKEN_BUDGET = 512
+CASES = (
+    Case("crawler-qps1", "crawler", 1.0),
+    Case("crawler-qps3", "crawler", 3.0),
+    Case("anns-qps1", "anns", 1.0, token_scale=0.05),
+    Case("anns-qps2", "anns", 2.0, token_scale=0.05),
+    Case("crawler-pressure", "crawler", 2.0, delay_multiplier=2.0, kv_capacity_tokens=6144),
+)
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("validate", help="simulator vs the real server on this machine")
+    p.add_argument("--out", default="out/validate", help="directory for JSON, profile, plot")
+    p.add_argument("--num-queries", type=int, default=30, help="queries per case")
+    p.add_argument("--cases", default=",".join(c.name for c in CASES), help="comma-separated")
+    p.add_argument("--profile", default=None, help="reuse this profile JSON (default: measure)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (profile and server)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=run)
+    return p
+
+
+@dataclass
+class Side:
+    """One mode of one case, measured or simulated."""
+
+    ttft_s: list[float]
+    completion_s: float
+    preemptions: int
+    unfinished: int
+
+
+def profile_here(out: Path, threads: int) -> Path:
+    """Measure the tiny model's profile on this machine, now (srt_ext.profile_cli)."""
+    from srt_ext.profile_cli import measure, write_profile
+
+    ns = argparse.Namespace(model_path=None, device="cpu", max_tokens=2048, repeats=5, warmup=1,
+                            decode_batches="1,4,16", kv_capacity_tokens=16384,
+                            name="validate-cpu", out=str(out), threads=threads, skip_http=False)  # fmt: skip
+    write_profile(measure(ns), out)
+    return out
+
+
+def measured(url: str, text_qs: list[Any], modes: list[str]) -> dict[str, Side]:
+    from eval.replay import run_passes
+
+    ns = argparse.Namespace(max_new_tokens=1, concurrency_limit=10_000, request_timeout=600.0,
+                            api_key=None, time_scale=1.0, flush=True, rounds=1, quiet=True)  # fmt: skip
+    passes = run_passes(url, text_qs, modes, ns)
+    out = {}
+    for mode, p in passes.items():
+        ok = [o.ttft_s for o in p.outs if o.error is None and o.ttft_s is not None]
+        pre = sum(p.server["preemptions"].values())
+        out[mode] = Side(ok, p.completion_s, pre, len(p.outs) - len(ok))
+    return out
+
+
+def simulated(sim_qs: list[Any], case: Case, cm: Any) -> dict[str, Side]:
+    from eval.sim import SimConfig, simulate
+
+    out = {}
+    for mode in ("non-streaming", "streaming"):
+        cfg = SimConfig(policy="fcfs", preemption="cost", token_budget=TOKEN_BUDGET,
+                        streaming=mode == "streaming", kv_capacity_tokens=case.kv_capacity_tokens,
+                        page_size=1, host_factor=4.0, client_awaits_acks=True)  # fmt: skip
+        r = simulate(sim_qs, cfg, cm)
+        out[mode] = Side(r.ttft_s, r.completion_time_s, sum(r.preemptions.values()),
+                         r.unfinished + r.rejected)  # fmt: skip
+    return out
+
+
+def compare(case: str, meas: dict[str, Side], sim: dict[str, Side]) -> list[dict[str, Any]]:
+    """One row per (mode, metric): measured, simulated, relative error, verdict."""
+    from eval.metrics import percentiles
+
+    rows = []
+    for mode in ("non-streaming", "streaming"):
+        m, s = meas[mode], sim[mode]
+        pm, ps = percentiles(m.ttft_s), percentiles(s.ttft_s)
+        cells = [(k, pm[k], ps[k], TOL[k]) for k in ("p50", "p95", "p99")]
+        cells.append(("completion", m.completion_s, s.completion_s, TOL["completion"]))
+        for metric, a, b, tol in cells:
+            err = (b - a) / a if a > 0 else math.nan
+            ok = not math.isnan(err) and abs(err) <= tol and not (m.unfinished or s.unfinished)
+            rows.append({"case": case, "mode": mode, "metric": metric, "measured": a,
+                         "simulated": b, "err_%": 100 * err, "tol_%": 100 * tol,
+                         "verdict": "pass" if ok else "FAIL"})  # fmt: skip
+        rows.append({"case": case, "mode": mode, "metric": "preemptions",
+                     "measured": m.preemptions, "simulated": s.preemptions, "err_%": None,
+                     "tol_%": None, "verdict": "-"})  # fmt: skip
+    return rows
+
+
+def plot_cdfs(results: dict[str, dict[str, dict[str, Side]]], path: Path) -> Path:
+    """A panel per case: TTFT CDF measured (solid) vs simulated (dashed), per mode."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    n = len(results)
+    fig, axes = plt.subplots(1, n, figsize=(3.6 * n, 3.4), squeeze=False)
+    for ax, (case, sides) in zip(axes[0], results.items(), strict=True):
+        for mode, colour in (("non-streaming", "tab:red"), ("streaming", "tab:blue")):
+            for kind, style in (("measured", "-"), ("simulated", "--")):
+                x = np.sort(np.asarray(sides[kind][mode].ttft_s, dtype=float))
+                if x.size:
+                    ax.step(np.maximum(x, 1e-4), np.arange(1, x.size + 1) / x.size, style,
+                            color=colour, where="post", label=f"{mode} {kind}")  # fmt: skip
+        ax.set_xscale("log")
+        ax.set_title(case, fontsize=9)
+        ax.set_xlabel("TTFT (s)")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0][0].set_ylabel("P[TTFT <= x]")
+    axes[0][0].legend(fontsize=6)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def run(args: argparse.Namespace) -> int:
+    from eval.metrics import format_table
+    from eval.validate_trace import build
+    from scheduler.cost_model import CostModel
+    from srt_ext.engine.tiny_model import ensure_tiny_model
+    from srt_ext.launch import launch_server
+    from srt_ext.tokenizer_room import TokenizerRoom
+
+    names = [c for c in args.cases.split(",") if c]
+    known = {c.name: c for c in CASES}
+    bad = [c for c in names if c not in known]
+    if bad or args.num_queries < 1:
+        print(f"stream2llm validate: unknown cases {bad} (known: {sorted(known)}) or "
+              f"--num-queries < 1", file=sys.stderr)  # fmt: skip
+        return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.time()
+    prof = Path(args.profile) if args.profile else profile_here(out / "profile.json", args.threads)
+    cm = CostModel.load(prof)
+    tok = TokenizerRoom(ensure_tiny_model())
+    cases = [replace(known[n], num_queries=args.num_queries, seed=args.seed) for n in names]
+    results: dict[str, dict[str, dict[str, Side]]] = {}
+    rows: list[dict[str, Any]] = []
+    for pool in sorted({c.kv_capacity_tokens for c in cases}, reverse=True):
+        with launch_server(subprocess=True, max_total_tokens=pool, threads=args.threads,
+                           cost_model=str(prof.resolve()), token_budget=TOKEN_BUDGET,
+                           scheduler="fcfs", preemption="cost") as h:  # fmt: skip
+            for i, case in enumerate(c for c in cases if c.kv_capacity_tokens == pool):
+                text_qs, sim_qs = build(case, tok)
+                modes = ["non-streaming", "streaming"][:: 1 if i % 2 == 0 else -1]
+                if not args.quiet:
+                    print(f"[{time.time() - t_start:5.0f} s] {case.name}: replay {modes}",
+                          file=sys.stderr)  # fmt: skip
+                meas = measured(h.url, text_qs, modes)
+                sim = simulated(sim_qs, case, cm)
+                results[case.name] = {"measured": meas, "simulated": sim}
+                rows += compare(case.name, meas, sim)
+    cols = ["case", "mode", "metric", "measured", "simulated", "err_%", "tol_%", "verdict"]
+    print(format_table(rows, cols))
+    fails = sum(r["verdict"] == "FAIL" for r in rows)
+    print(f"{fails} of {sum(r['verdict'] != '-' for r in rows)} cells fail; "
+          f"{time.time() - t_start:.0f} s")
+    plot = plot_cdfs(results, out / "validate-cdf.png")
+    (out / "validate.json").write_text(json.dumps({
+        "profile": str(prof), "cases": [asdict(c) for c in cases], "tolerance": TOL,
+        "token_budget": TOKEN_BUDGET, "rows": rows,
+        "ttft_s": {n: {k: {m: asdict(s) for m, s in v.items()} for k, v in r.items()}
+                   for n, r in results.items()},
+        "wall_s": round(time.time() - t_start, 1), "plot": str(plot),
+    }, indent=1) + "\n")  # fmt: skip
+    return 1 if fails else 0
