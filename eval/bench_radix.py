@@ -13,12 +13,18 @@ sharing a 128-token template) it measures operations per second of:
            SGLang: ``match_prefix`` of the same input.
 * evict    both: free 64 tokens of unlocked cache (the same SGLang method).
 
+Inputs are prepared the same way for both sides and *outside* the timed region:
+each op's token ids (ours: the 64-token chunk or the new version as a list, what the
+scheduler holds; SGLang: the ``RadixKey`` array and value tensor of the whole input)
+are built before a batch of ops is timed, so only cache work is measured.
+
 Run: ``stream2llm bench-radix [--sizes 1000,10000,100000] [--json OUT] [--plot PNG]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 from array import array
 from collections.abc import Callable
@@ -51,6 +57,27 @@ def _rate(fn: Callable[[int], Any], min_ops: int = 50, min_s: float = 0.3) -> fl
     return n / (time.perf_counter() - start)
 
 
+def _rate_batches(
+    make: Callable[[int], list[Any]], fn: Callable[[Any], Any], min_ops: int = 50,
+    min_s: float = 0.3,
+) -> float:
+    """ops/s of ``fn`` over inputs from ``make(batch)``; building the inputs (and any
+    reset between batches, done by ``make``) is not timed."""
+    n, spent, b = 0, 0.0, 0
+    while n < min_ops or spent < min_s:
+        inputs = make(b)
+        b += 1
+        start = time.perf_counter()
+        for x in inputs:
+            fn(x)
+        spent += time.perf_counter() - start
+        n += len(inputs)
+    return n / spent
+
+
+_CYCLE = 16 * REQ // CHUNK  # appends per batch: a stream grows to 16K tokens, then restarts
+
+
 def _ours(cached: int) -> dict[str, float]:
     kv = StreamKVCache.create(cached + 64 * REQ)
     for i in range(max(1, cached // REQ)):
@@ -63,17 +90,18 @@ def _ours(cached: int) -> dict[str, float]:
         kv.close(rid)
     out: dict[str, float] = {}
 
-    kv.open("app")
-    grow = iter(range(10**9))
-
-    def append(_: int) -> None:
-        if kv.computed("app") + CHUNK > 16 * REQ:
+    def app_batch(b: int) -> list[list[int]]:
+        if b:
             kv.close("app", keep_cache=False)
-            kv.open("app")
-        kv.reserve("app", CHUNK)
-        kv.commit("app", [next(grow) + 10**8 for _ in range(CHUNK)])
+        kv.open("app")
+        first = 10**8 + b * _CYCLE * CHUNK
+        return [list(range(first + k * CHUNK, first + (k + 1) * CHUNK)) for k in range(_CYCLE)]
 
-    out["append"] = _rate(append)
+    def append(chunk: list[int]) -> None:
+        kv.reserve("app", CHUNK)
+        kv.commit("app", chunk)
+
+    out["append"] = _rate_batches(app_batch, append)
     kv.close("app", keep_cache=False)
 
     kv.open("upd")
@@ -81,13 +109,16 @@ def _ours(cached: int) -> dict[str, float]:
     kv.reserve("upd", len(base))
     kv.commit("upd", base)
 
-    def update(n: int) -> None:
-        new = base[:-CHUNK] + [10**9 + n * CHUNK + j for j in range(CHUNK)]
+    def upd_batch(b: int) -> list[list[int]]:
+        return [base[:-CHUNK] + [10**9 + (b * 64 + k) * CHUNK + j for j in range(CHUNK)]
+                for k in range(64)]
+
+    def update(new: list[int]) -> None:
         kv.truncate("upd", new)
         kv.reserve("upd", CHUNK)
         kv.commit("upd", new[-CHUNK:])
 
-    out["update"] = _rate(update)
+    out["update"] = _rate_batches(upd_batch, update)
     kv.close("upd", keep_cache=False)
 
     target = _req(0)
@@ -112,24 +143,31 @@ def _sglang(cached: int) -> dict[str, float]:
     for i in range(max(1, cached // REQ)):
         insert(_req(i))
     out: dict[str, float] = {}
-    grown: list[int] = []
+    Prepared = tuple[RadixKey, torch.Tensor]
 
-    def append(n: int) -> None:
-        if len(grown) + CHUNK > 16 * REQ:
-            grown.clear()
-        grown.extend(10**8 + n * CHUNK + j for j in range(CHUNK))
-        insert(grown)
+    def prepare(ids: list[int]) -> Prepared:
+        return RadixKey(array("q", ids)), torch.tensor(ids)
 
-    out["append"] = _rate(append)
+    def app_batch(b: int) -> list[Prepared]:  # the grown input after each of _CYCLE chunks
+        first = 10**8 + b * _CYCLE * CHUNK
+        return [prepare(list(range(first, first + (k + 1) * CHUNK))) for k in range(_CYCLE)]
+
+    def append(x: Prepared) -> None:
+        tree.insert(InsertParams(key=x[0], value=x[1]))
+
+    out["append"] = _rate_batches(app_batch, append)
     base = _req(10**5)
     insert(base)
 
-    def update(n: int) -> None:
-        new = base[:-CHUNK] + [10**9 + n * CHUNK + j for j in range(CHUNK)]
-        tree.match_prefix(MatchPrefixParams(key=RadixKey(array("q", new))))
-        insert(new)
+    def upd_batch(b: int) -> list[Prepared]:
+        return [prepare(base[:-CHUNK] + [10**9 + (b * 64 + k) * CHUNK + j for j in range(CHUNK)])
+                for k in range(64)]
 
-    out["update"] = _rate(update)
+    def update(x: Prepared) -> None:
+        tree.match_prefix(MatchPrefixParams(key=x[0]))
+        tree.insert(InsertParams(key=x[0], value=x[1]))
+
+    out["update"] = _rate_batches(upd_batch, update)
     target = array("q", _req(0))
 
     def match(_: int) -> None:  # a request's lookup: match, lock, and later unlock
@@ -195,8 +233,11 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(1)
     sizes = [int(s) for s in args.sizes.split(",")]
     rows = []
-    for size in sizes:
-        ours, theirs = _ours(size), _sglang(size)
+    reps = max(1, args.repeat)
+    for size in sizes:  # median of the repeats per cell (the dev box is shared and noisy)
+        runs = [(_ours(size), _sglang(size)) for _ in range(reps)]
+        ours = {op: statistics.median(r[0][op] for r in runs) for op in runs[0][0]}
+        theirs = {op: statistics.median(r[1][op] for r in runs) for op in runs[0][1]}
         for op in ("append", "update", "match", "evict"):
             rows.append(
                 {"cached_tokens": size, "op": op, "ours_ops_s": ours[op],
@@ -209,7 +250,9 @@ def run(args: argparse.Namespace) -> int:
     lengths = []
     print(f"\n{'input':>8} {'update ours op/s':>17} {'SGLang op/s':>12} {'ours/SGLang':>12}")
     for length in (1024, 8192, 32768):
-        ours_u, sg_u = update_vs_length(length)
+        pairs = [update_vs_length(length) for _ in range(reps)]
+        ours_u = statistics.median(p[0] for p in pairs)
+        sg_u = statistics.median(p[1] for p in pairs)
         lengths.append({"input_tokens": length, "ours_ops_s": ours_u, "sglang_ops_s": sg_u})
         print(f"{length:>8} {ours_u:>17,.0f} {sg_u:>12,.0f} {ours_u / sg_u:>12.2f}")
     if args.json:
@@ -246,4 +289,6 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--sizes", default="1000,10000,100000", help="cached tokens, comma separated")
     p.add_argument("--json", help="write the rows as JSON")
     p.add_argument("--plot", help="draw ops/s per size to this PNG")
+    p.add_argument("--repeat", type=int, default=3,
+                   help="measure every cell this many times and report the median")
     p.set_defaults(func=run)

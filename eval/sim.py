@@ -74,7 +74,11 @@ class SimConfig:
     client_awaits_acks: bool = False  # see the module docstring
 
     def label(self) -> str:
-        return self.policy if self.streaming else "non-streaming"
+        """Streaming runs are named by policy; the non-streaming baseline is plain
+        "non-streaming" with fcfs order, "non-streaming-<policy>" with another order."""
+        if self.streaming:
+            return self.policy
+        return "non-streaming" if self.policy == "fcfs" else f"non-streaming-{self.policy}"
 
 
 @dataclass

@@ -36,7 +36,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     q.add_argument("--question", required=True)
     q.add_argument("-k", type=int, default=5)
     q.add_argument("--progressive", action="store_true", help="emit refined top-k versions")
-    q.add_argument("--strategy", choices=["shards", "ef"], default="shards")
+    q.add_argument("--strategy", choices=["shards", "ef", "beam"], default="shards")
     q.add_argument("--shards", type=int, default=4, help="shards for --strategy shards")
     q.add_argument("--order", choices=["stable", "score"], default="stable")
     q.add_argument("--step-delay", type=float, default=0.0,

@@ -16,6 +16,9 @@ the true one):
 * ``"ef"``: re-query the HNSW graph with a growing search breadth ``ef``;
 * ``"shards"``: the index is hash-partitioned (label mod n) and shards answer
   one after another, as in a distributed vector store; results are merged.
+* ``"beam"``: the paper's ANNS driver: a DiskANN-style best-first search whose
+  candidate pool's top-k is emitted after every round (retrievers/beam.py); it
+  ends on the converged pool, not on an exact scan.
 
 ``step_delay_s`` models per-step latency of a remote store (0 = as fast as
 the local index goes, which for small corpora is microseconds).
@@ -37,7 +40,7 @@ if TYPE_CHECKING:
     from retrievers.hnsw import Hit, HnswIndex
 
 Order = Literal["stable", "score"]
-Strategy = Literal["ef", "shards"]
+Strategy = Literal["ef", "shards", "beam"]
 
 FINAL_STEP = "exact"
 
@@ -137,8 +140,22 @@ def search_steps(
             part = index.search_vector(qvec, k, ef=2 * k, filter=_in_shard(s, n_shards))
             best = _merge(best, part, k)
             yield f"shard {s + 1}/{n_shards}", best
+    elif strategy == "beam":
+        from retrievers.beam import KnnGraph, beam_steps
+
+        graph = getattr(index, "_beam_graph", None)
+        if graph is None or len(graph.vectors) != len(index):
+            graph = KnnGraph(index)
+            index._beam_graph = graph  # type: ignore[attr-defined]
+        prev: tuple[str, list[Hit]] | None = None
+        for step in beam_steps(index, graph, qvec, k):
+            if prev is not None:
+                yield prev
+            prev = step
+        yield FINAL_STEP, prev[1] if prev else []  # the converged pool (no exact scan)
+        return
     else:
-        raise ValueError(f"strategy must be 'ef' or 'shards', got {strategy!r}")
+        raise ValueError(f"strategy must be 'ef', 'shards' or 'beam', got {strategy!r}")
     yield FINAL_STEP, index.exact_vector(qvec, k)
 
 

@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "crawl": "retrievers.cli",
     "demo": "eval.demo",
     "eval-quality": "eval.quality_cli",
+    "record-traces": "eval.record_traces",
 }
 
 

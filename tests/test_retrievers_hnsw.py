@@ -197,3 +197,24 @@ def test_embedding_relevance_scorer(index):
     good = embedding_score(QUESTIONS[0], ["The with statement calls __enter__, then __exit__."])
     bad = embedding_score(QUESTIONS[0], ["Tomatoes need sun and steady watering."])
     assert good > 0.3 > bad
+
+
+def test_beam_strategy_emits_the_refining_pool_in_score_order(index):
+    """The paper's driver: each version is the pool's top-k best first; the search
+    converges to (nearly) the exact answer and every emission changes the set."""
+    from retrievers.beam import KnnGraph, beam_steps
+
+    graph = KnnGraph(index)
+    assert all(graph.medoid not in nb for nb in graph.neighbours[graph.medoid:graph.medoid + 1])
+    recall = []
+    for q in QUESTIONS:
+        vs = _versions(index, q, strategy="beam", order="score")
+        assert vs[-1].final and all(v.changed for v in vs[:-1])
+        for v in vs:
+            scores = [h.score for h in v.docs]
+            assert scores == sorted(scores, reverse=True)
+        exact = {h.id for h in index.exact_vector(index.embed_question(q), 5)}
+        recall.append(len(exact & set(vs[-1].ids)) / 5)
+        rounds = list(beam_steps(index, graph, index.embed_question(q), 5))
+        assert {h.id for h in rounds[-1][1]} == set(vs[-1].ids)
+    assert np.mean(recall) >= 0.9

@@ -1,0 +1,265 @@
+"""Workloads from our own retrievers: record traces, measure their LCP structure.
+
+`stream2llm record-traces --out out/traces` records, with the trace recorder
+(retrievers/stream.py ``search_to_query`` / ``crawl_to_query``):
+
+* progressive HNSW search (k=10) over the built-in corpus and over a larger
+  generated corpus (overlapping windows of the built-in passages), with the paper's
+  driver (``beam``: a DiskANN-style search's candidate pool, in pool order) and with
+  our sharded search in score and stable order;
+* the crawler over the local site.
+
+Prompts are tokenized with the MiniLM word-piece tokenizer (shipped with the
+embedder). It prints, next to the synthetic generator's, the prefix that each update
+shares with the previous version (docs/workloads.md, "LCP between versions").
+:func:`expand` turns a recorded trace into a simulator workload with the fitted
+timings and the paper's mean input length, so only the prompt structure differs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from itertools import pairwise
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from scheduler.trace import Chunk, Query, read_trace, write_trace
+
+K = 10  # documents per version, as the paper's ANNS driver
+VARIANTS = (("beam", "score"), ("shards", "score"), ("shards", "stable"))
+
+
+@dataclass(frozen=True)
+class LcpProfile:
+    """Prefix shared by consecutive versions, as a fraction of the *new* version."""
+
+    updates: int
+    mean: float
+    p10: float
+    p50: float
+    p90: float
+    final_mean: float  # the final version vs the one before it (what TTFT must prefill)
+    final_weighted: float  # sum of final LCPs / sum of final lengths
+    versions_mean: float
+    final_tokens_mean: float
+
+
+def _lcp(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    x, y = np.asarray(a[:n]), np.asarray(b[:n])
+    diff = np.flatnonzero(x != y)
+    return int(diff[0]) if diff.size else n
+
+
+def lcp_profile(queries: Iterable[Query]) -> LcpProfile:
+    """LCP statistics of update-mode token-id queries (single-version queries count
+    towards the means of versions and lengths only)."""
+    shares, finals, fl, ft, nv = [], [], 0, 0, []
+    for q in queries:
+        vs = [c.token_ids or () for c in q.chunks]
+        nv.append(len(vs))
+        ft += len(vs[-1])
+        for a, b in pairwise(vs):
+            shares.append(_lcp(a, b) / max(len(b), 1))
+        if len(vs) > 1:
+            lcp = _lcp(vs[-2], vs[-1])
+            finals.append(lcp / max(len(vs[-1]), 1))
+            fl += lcp
+    if not nv:
+        raise ValueError("no queries")
+    s = np.asarray(shares or [math.nan])
+    return LcpProfile(
+        updates=len(shares),
+        mean=float(s.mean()),
+        p10=float(np.percentile(s, 10)),
+        p50=float(np.percentile(s, 50)),
+        p90=float(np.percentile(s, 90)),
+        final_mean=float(np.mean(finals)) if finals else math.nan,
+        final_weighted=fl / max(ft, 1),
+        versions_mean=float(np.mean(nv)),
+        final_tokens_mean=ft / len(nv),
+    )
+
+
+# ---- recording --------------------------------------------------------------------------
+def large_corpus(window_words: int = 60, stride_words: int = 30) -> list[Any]:
+    """A larger generated corpus: overlapping word windows of every built-in passage
+    (near-duplicates, as web corpora have); ~5x the built-in passage count."""
+    from retrievers.corpus import Passage, builtin_passages
+
+    out = []
+    for p in builtin_passages():
+        words = p.text.split()
+        starts = range(0, max(len(words) - window_words, 0) + 1, stride_words)
+        for i, s in enumerate(starts):
+            out.append(Passage(f"{p.id}@{i}", p.title, " ".join(words[s : s + window_words])))
+    return out
+
+
+def _index(name: str, cache: Path) -> Any:
+    from retrievers.corpus import builtin_passages
+    from retrievers.hnsw import HnswIndex, IndexFormatError
+
+    d = cache / f"index-{name}"
+    try:
+        return HnswIndex.load(d)
+    except IndexFormatError:
+        passages = builtin_passages() if name == "builtin" else large_corpus()
+        index = HnswIndex.build(passages, progress=True)
+        index.save(d)
+        return index
+
+
+def _tokenizer() -> Any:
+    from retrievers.embed import get_model
+
+    tok = get_model().tokenizer
+    return lambda text: tuple(tok(text, add_special_tokens=False)["input_ids"])
+
+
+def _tokenized(q: Query, tokenize: Any) -> Query:
+    """Text chunks -> token-id chunks (append chunks are tokenized one by one)."""
+    chunks = tuple(Chunk(c.t_s, tokenize(c.text or ""), None, c.final) for c in q.chunks)
+    return Query(q.qid, q.arrival_s, q.mode, chunks, q.max_new_tokens, q.meta)
+
+
+async def _record_search(index: Any, questions: Sequence[str], strategy: str, order: str,
+                         tag: str) -> list[Query]:
+    from retrievers.stream import search_to_query
+
+    return [await search_to_query(index, text, qid=f"{tag}-{i}", k=K, strategy=strategy,
+                                  order=order, max_new_tokens=1)
+            for i, text in enumerate(questions)]
+
+
+async def _record_crawls(questions: Sequence[str]) -> list[Query]:
+    from retrievers.site import serve_site
+    from retrievers.stream import crawl_to_query
+
+    out = []
+    with serve_site(slow_s=0.2) as base:
+        for i, text in enumerate(questions):
+            out.append(await crawl_to_query([f"{base}/index.html"], text, qid=f"crawl-{i}",
+                                            max_new_tokens=1, max_pages=10, max_depth=3))
+    return out
+
+
+def record_all(out_dir: Path, cache: Path, questions: Sequence[str]) -> dict[str, list[Query]]:
+    """Record every trace (token ids), write ``<name>.jsonl`` under ``out_dir``."""
+    from tqdm import tqdm
+
+    tokenize = _tokenizer()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    traces: dict[str, list[Query]] = {}
+    jobs = [(c, s, o) for c in ("builtin", "large") for s, o in VARIANTS]
+    for corpus, strategy, order in tqdm(jobs, desc="recording", unit="trace"):
+        index = _index(corpus, cache)
+        name = f"anns-{corpus}-{strategy}-{order}"
+        qs = asyncio.run(_record_search(index, questions, strategy, order, name))
+        traces[name] = [_tokenized(q, tokenize) for q in qs]
+    crawls = asyncio.run(_record_crawls(questions[:10]))
+    traces["crawler-site"] = [_tokenized(q, tokenize) for q in crawls]
+    for name, qs in traces.items():
+        write_trace(out_dir / f"{name}.jsonl", qs)
+    return traces
+
+
+# ---- simulator workloads from recorded structure ---------------------------------------
+def expand(
+    recorded: Sequence[Query],
+    workload: str,
+    qps: float,
+    num_queries: int,
+    seed: int,
+    delay_multiplier: float = 1.0,
+    stretch_first: bool = True,
+) -> list[Query]:
+    """A simulator workload with the recorded prompts' structure and the fitted timing.
+
+    Query i replays recorded query ``i mod n``: its versions (or chunks) in order, every
+    token id widened to ``f`` consecutive ids so the mean final input matches the
+    paper's (LCPs scale by exactly ``f``); copies get disjoint ids. Arrivals are
+    Poisson at ``qps``; the first chunk's delay and the gaps are drawn from the
+    workload's fit (eval/workloads.py) and multiplied by ``delay_multiplier`` (the
+    first delay too unless ``stretch_first`` is False).
+    """
+    from eval.workloads import FITS, PAPER_TARGETS, RESERVED
+
+    if not recorded:
+        raise ValueError("no recorded queries")
+    fit = FITS[workload]
+    target = float(PAPER_TARGETS[workload]["tokens_mean"] or 1)
+    mean = float(np.mean([len(q.final_token_ids()) for q in recorded]))
+    f = max(1, round(target / max(mean, 1.0)))
+    vocab = max(max(c.token_ids or (0,)) for q in recorded for c in q.chunks) + 1
+    rng = np.random.default_rng(seed)
+    out, arrival = [], 0.0
+    for i in range(num_queries):
+        if i:
+            arrival += float(rng.exponential(1.0)) / qps
+        r = recorded[i % len(recorded)]
+        base = RESERVED + (i // len(recorded)) * vocab * f
+        first = fit.first_median_s * math.exp(fit.first_sigma * rng.standard_normal())
+        gaps = fit.gaps_s.sample(rng, len(r.chunks) - 1) * delay_multiplier
+        first *= delay_multiplier if stretch_first else 1.0
+        times = [first, *(first + np.cumsum(gaps)).tolist()]
+        chunks = tuple(
+            Chunk(t, tuple(base + t_id * f + j for t_id in (c.token_ids or ()) for j in range(f)),
+                  None, c.final)
+            for t, c in zip(times, r.chunks, strict=True)
+        )
+        out.append(Query(f"{r.qid}#{i}", arrival, r.mode, chunks, 1,
+                         {"recorded": r.qid, "token_factor": f}))
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    from eval.bench_retrievers import QUESTIONS
+    from eval.metrics import format_table
+    from eval.workloads import iter_generate
+
+    out, cache = Path(args.out), Path(args.cache or Path(args.out) / "cache")
+    questions = [q for q in QUESTIONS if q.strip()][: args.questions]
+    if args.no_record:
+        traces = {p.stem: list(read_trace(p)) for p in sorted(out.glob("*.jsonl"))}
+        if not traces:
+            raise SystemExit(f"--no-record: no *.jsonl traces under {out}")
+    else:
+        traces = record_all(out, cache, questions)
+    rows = []
+    synth = list(iter_generate("anns", 1.0, args.synthetic_queries, args.seed))
+    named = [("synthetic generator (eval/workloads.py)", synth)]
+    named += [(n, qs) for n, qs in traces.items() if qs and qs[0].mode == "update"]
+    for name, qs in named:
+        p = lcp_profile(qs)
+        rows.append({"trace": name, "versions": p.versions_mean, "updates": p.updates,
+                     "shared_mean": p.mean, "p10": p.p10, "p50": p.p50, "p90": p.p90,
+                     "final_vs_prev": p.final_mean, "final_weighted": p.final_weighted,
+                     "final_tokens": p.final_tokens_mean})
+    print(format_table(rows, list(rows[0])))
+    for n, qs in traces.items():
+        if qs and qs[0].mode == "append":
+            toks = [len(q.final_token_ids()) for q in qs]
+            print(f"{n}: {len(qs)} crawls, {np.mean([len(q.chunks) for q in qs]):.2f} chunks, "
+                  f"{np.mean(toks):.0f} tokens per query (append: every chunk extends the prefix)")
+    return 0
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser("record-traces",
+                       help="record workloads from our retrievers and compare their LCPs")
+    p.add_argument("--out", default="out/traces", help="directory for the JSONL traces")
+    p.add_argument("--cache", default=None, help="index cache directory (default OUT/cache)")
+    p.add_argument("--questions", type=int, default=50, help="how many questions to record")
+    p.add_argument("--synthetic-queries", type=int, default=500,
+                   help="synthetic ANNS queries to compare against")
+    p.add_argument("--seed", type=int, default=1, help="synthetic generator seed")
+    p.add_argument("--no-record", action="store_true",
+                   help="only summarize the traces already under --out")
+    p.set_defaults(func=run)

@@ -1,0 +1,44 @@
+"""LCP profiles of update traces and recorded-trace expansion for the simulator."""
+
+from __future__ import annotations
+
+import pytest
+
+from eval.record_traces import expand, lcp_profile
+from scheduler.trace import Chunk, Query
+
+
+def _q(qid: str, versions: list[list[int]], mode: str = "update") -> Query:
+    chunks = tuple(Chunk(0.1 * i, tuple(v), None, i == len(versions) - 1)
+                   for i, v in enumerate(versions))
+    return Query(qid, 0.0, mode, chunks)  # type: ignore[arg-type]
+
+
+def test_lcp_profile_counts_prefix_of_the_new_version() -> None:
+    a = _q("a", [[1, 2, 3, 4], [1, 2, 9, 9, 9, 9, 9, 9], [1, 2, 9, 9, 9, 9, 9, 5]])
+    b = _q("b", [[7, 7]])  # one version: no update
+    p = lcp_profile([a, b])
+    assert p.updates == 2
+    assert p.mean == pytest.approx((2 / 8 + 7 / 8) / 2)
+    assert p.final_mean == pytest.approx(7 / 8)
+    assert p.final_weighted == pytest.approx(7 / (8 + 2))
+    assert p.versions_mean == 2.0 and p.final_tokens_mean == 5.0
+
+
+def test_expand_keeps_structure_scales_tokens_and_retimes() -> None:
+    rec = [_q("a", [[1, 2, 3, 4] * 50, [1, 2, 3, 5] * 50]), _q("b", [[8] * 300])]
+    qs = expand(rec, "anns", qps=2.0, num_queries=5, seed=1, delay_multiplier=3.0)
+    assert [q.meta["recorded"] for q in qs] == ["a", "b", "a", "b", "a"]
+    f = qs[0].meta["token_factor"]
+    assert f == round(13006 / 250)
+    v0, v1 = (c.token_ids for c in qs[0].chunks)
+    assert len(v0) == 200 * f and len(v1) == 200 * f
+    # the LCP scales by exactly f (first difference at token 3 of the recorded pair)
+    lcp = next(i for i, (x, y) in enumerate(zip(v0, v1, strict=True)) if x != y)
+    assert lcp == 3 * f
+    # copies of a recorded query get disjoint ids; times are increasing, arrivals Poisson
+    assert not set(qs[0].chunks[0].token_ids) & set(qs[2].chunks[0].token_ids)
+    assert all(b.t_s >= a.t_s for q in qs for a, b in zip(q.chunks, q.chunks[1:], strict=False))
+    assert [q.arrival_s for q in qs] == sorted(q.arrival_s for q in qs)
+    with pytest.raises(ValueError):
+        expand([], "anns", 1.0, 1, 0)
