@@ -226,7 +226,7 @@ def create_gateway_app(router_url: str, replica_urls: list[str] | None = None,
             if resp.status_code >= 400:
                 body = await resp.aread()
                 await resp.aclose()
-                if resp.status_code == 502 and b"upstream" in body:
+                if resp.status_code >= 500 and b"call_upstream_request_error" in body:
                     continue
                 return _as_error(resp.status_code, body)
             break
@@ -252,7 +252,10 @@ def create_gateway_app(router_url: str, replica_urls: list[str] | None = None,
         content = await request.body()
         if path == "/generate":
             content = _router_sampling(content)
-        return await _proxy_stream(request, path, content, retry=True)
+        # a fresh key: the manual policy then picks the least-loaded healthy replica
+        # (without a key it falls back to a random one, dead or not)
+        return await _proxy_stream(request, path, content, f"oneshot-{uuid.uuid4().hex}",
+                                   retry=True)  # fmt: skip
 
     @app.post("/generate", response_model=None)
     async def generate(request: Request) -> Response:

@@ -117,6 +117,7 @@ class Cluster:
                 "--port", str(self.router_port),
                 "--worker-urls", *[r.url for r in self.replicas if r.url],
                 "--policy", "manual", "--assignment-mode", "min_load",
+                "--max-idle-secs", "3600", "--eviction-interval-secs", "60",
                 "--health-check-endpoint", "/livez",
                 "--health-check-interval-secs", str(s.health_interval_s),
                 "--health-failure-threshold", "2", "--health-success-threshold", "1",
