@@ -25,6 +25,8 @@ class SamplingParamsModel(BaseModel):
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     top_k: int = Field(default=-1, ge=-1)  # -1 or 0 = off (SGLang uses -1)
     seed: int | None = Field(default=None, ge=0, lt=2**31)
+    # SGLang's own name for the seed (what sglang-router forwards; it drops ``seed``)
+    sampling_seed: int | None = Field(default=None, ge=0, lt=2**31)
     stop: str | list[str] | None = None
     stop_token_ids: list[int] | None = None
     ignore_eos: bool = False
@@ -58,7 +60,7 @@ class SamplingParamsModel(BaseModel):
             temperature=self.temperature,
             top_p=self.top_p,
             top_k=max(self.top_k, 0),
-            seed=self.seed,
+            seed=self.seed if self.seed is not None else self.sampling_seed,
             ignore_eos=self.ignore_eos,
             stop_token_ids=[t for t in self.stop_token_ids or [] if t >= 0],
         )
@@ -115,6 +117,9 @@ class GenerateRequest(_Input):
     stream: bool = False
     rid: str | None = None
     return_logprob: bool = False
+    # SGLang's free-form per-request map; sglang-router forwards it untouched, so
+    # stream operations ride in it under "stream2llm" (srt_ext/cluster/envelope.py)
+    session_params: dict[str, Any] | None = None
 
     @model_validator(mode="after")
     def _no_logprobs(self) -> GenerateRequest:

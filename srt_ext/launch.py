@@ -107,7 +107,7 @@ def launch_server(host: str = "127.0.0.1", port: int = 0, subprocess: bool = Fal
                 "--preemption", o.preemption, "--token-budget", str(o.token_budget),
                 "--device", o.device, "--threads", str(o.threads)]  # fmt: skip
         for flag, val in (("--model-path", o.model_path), ("--cost-model", o.cost_model),
-                          ("--api-key", o.api_key)):  # fmt: skip
+                          ("--api-key", o.api_key), ("--api-key-file", o.api_key_file)):  # fmt: skip
             if val:
                 argv += [flag, val]
         for name in RELIABILITY_FLAGS:

@@ -28,7 +28,9 @@ import uvicorn
 from srt_ext.reaper import abort_stream
 
 log = logging.getLogger("stream2llm.server")
-NEW_WORK = ("/v1/streams", "/generate", "/v1/completions", "/v1/chat/completions")
+# /generate is checked in its route: it also carries the chunks of open streams
+# (srt_ext/cluster/envelope.py), which must keep working while draining
+NEW_WORK = ("/v1/streams", "/v1/completions", "/v1/chat/completions")
 
 
 class DrainGate:

@@ -7,10 +7,12 @@ means a refused request never reaches the worker, so it changes nothing there.
 
 - ``max_input_tokens``: a request's input (a stream's whole input after a chunk)
   over it is 400.
-- ``max_streams_per_client``: live streams opened by one client (its IP
-  address) over it is 429. The client is identified by IP, not by API key:
-  with one shared ``--api-key`` every client presents the same key, so a
-  per-key cap would be a global cap.
+- ``max_streams_per_client``: live streams opened by one client over it is
+  429. The client is its API key's name when the server has several keys
+  (``--api-key-file``): behind a router or a gateway every request comes from
+  the same address, so only the key tells clients apart. With one shared
+  ``--api-key`` (or none) it is the client's IP address: a per-key cap would
+  then be a global cap.
 - ``BodyLimit``: request bodies over ``max_body_bytes`` are 413, checked on
   ``Content-Length`` and on the bytes actually received (chunked uploads).
 """
@@ -47,8 +49,34 @@ class Limits:
 
 
 def client_id(scope_client: Any) -> str:
-    """The client a request counts against: its IP address (see the module docstring)."""
+    """A client's IP address (``request.client``)."""
     return str(scope_client[0]) if scope_client else "unknown"
+
+
+def client_key(request: Any) -> str:
+    """The client a request counts against (see the module docstring)."""
+    name = getattr(request.state, "api_key_name", None)
+    return f"key:{name}" if name else client_id(request.client)
+
+
+def load_api_keys(path: str) -> dict[str, str]:
+    """``--api-key-file``: one ``NAME KEY`` per line (``#`` comments) -> {key: name}."""
+    keys: dict[str, str] = {}
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            line = line.split("#", 1)[0].strip()
+            if not line:
+                continue
+            parts = line.split()
+            if len(parts) != 2:
+                raise ValueError(f"{path}:{n}: expected 'NAME KEY', got {len(parts)} fields")
+            name, key = parts
+            if key in keys:
+                raise ValueError(f"{path}:{n}: key of {name} repeats the key of {keys[key]}")
+            keys[key] = name
+    if not keys:
+        raise ValueError(f"{path}: no keys")
+    return keys
 
 
 class BodyLimit:

@@ -25,6 +25,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--cost-model", default=None, help="profile NAME or FILE (default cpu-reference)")
     p.add_argument("--token-budget", type=int, default=512, help="max new tokens per step")
     p.add_argument("--api-key", default=None, help="require Authorization: Bearer KEY")
+    p.add_argument("--api-key-file", default=None,
+                   help="several keys, one 'NAME KEY' per line; per-client limits then "
+                        "count per key name instead of per IP")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--threads", type=int, default=0, help="torch threads in the worker (0: default)")
     p.add_argument("--dtype", choices=("auto", "float32", "float64", "bfloat16"), default="auto",
@@ -72,7 +75,14 @@ def check_args(args: argparse.Namespace) -> str | None:
 
         if not torch.cuda.is_available():
             return "--device cuda: no CUDA device is visible"
-    if args.host not in ("127.0.0.1", "localhost", "::1") and not args.api_key:
+    if args.api_key_file:
+        from srt_ext.limits import load_api_keys
+
+        try:
+            load_api_keys(args.api_key_file)
+        except (OSError, ValueError) as exc:
+            return f"--api-key-file: {exc}"
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not (args.api_key or args.api_key_file):
         logging.getLogger("stream2llm.server").warning(
             "serving on %s without --api-key: anyone who can reach it can use it", args.host
         )
@@ -83,6 +93,22 @@ def check_args(args: argparse.Namespace) -> str | None:
     except ValueError as exc:
         return str(exc)
     return None
+
+
+def server_options(args: argparse.Namespace) -> Any:
+    """The ``ServerOptions`` these arguments ask for (also the prefill server's)."""
+    from srt_ext.server import ServerOptions
+
+    return ServerOptions(
+        model_path=args.model_path, device=args.device, max_total_tokens=args.max_total_tokens,
+        scheduler=args.scheduler, preemption=args.preemption, cost_model=args.cost_model,
+        token_budget=args.token_budget, api_key=args.api_key, api_key_file=args.api_key_file,
+        threads=args.threads, stream_idle_timeout=args.stream_idle_timeout,
+        reader_disconnect=args.reader_disconnect, max_input_tokens=args.max_input_tokens,
+        max_streams_per_client=args.max_streams_per_client, max_body_bytes=args.max_body_bytes,
+        max_worker_restarts=args.max_worker_restarts, restart_backoff=args.restart_backoff,
+        shutdown_grace=args.shutdown_grace,
+    )  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
@@ -103,17 +129,9 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from srt_ext.lifecycle import GracefulServer
-    from srt_ext.server import ServerOptions, create_app
+    from srt_ext.server import create_app
 
-    opts = ServerOptions(
-        model_path=args.model_path, device=args.device, max_total_tokens=args.max_total_tokens,
-        scheduler=args.scheduler, preemption=args.preemption, cost_model=args.cost_model,
-        token_budget=args.token_budget, api_key=args.api_key, threads=args.threads,
-        stream_idle_timeout=args.stream_idle_timeout, reader_disconnect=args.reader_disconnect,
-        max_input_tokens=args.max_input_tokens, max_streams_per_client=args.max_streams_per_client,
-        max_body_bytes=args.max_body_bytes, max_worker_restarts=args.max_worker_restarts,
-        restart_backoff=args.restart_backoff, shutdown_grace=args.shutdown_grace,
-    )  # fmt: skip
+    opts = server_options(args)
     app = create_app(opts)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
                             timeout_graceful_shutdown=5)  # fmt: skip

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -22,13 +23,14 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 
 from srt_ext.api_models import ChunkRequest, GenerateRequest, OpenStreamRequest
+from srt_ext.cluster.envelope import handle_stream_op, stream_op
 from srt_ext.engine.model_store import DEFAULT_MODEL
 from srt_ext.lifecycle import DrainGate
-from srt_ext.limits import BodyLimit, Limits, client_id
+from srt_ext.limits import BodyLimit, Limits, client_key, load_api_keys
 from srt_ext.metrics import Metrics
 from srt_ext.reaper import reap_loop
 from srt_ext.runtime import WorkerError, WorkerLink
-from srt_ext.service import Service
+from srt_ext.service import ReaderGone, Service
 from srt_ext.supervisor import Supervisor
 from srt_ext.tokenizer_room import TokenizerRoom
 from srt_ext.worker import WorkerConfig, start_worker
@@ -53,6 +55,7 @@ class ServerOptions:
     max_batch: int | None = None
     host_capacity_tokens: int | None = None
     api_key: str | None = None
+    api_key_file: str | None = None  # "NAME KEY" lines: several keys, limits per key
     threads: int = 0
     start_method: str = "forkserver"
     health_timeout: float = 10.0
@@ -116,6 +119,7 @@ def create_app(opts: ServerOptions, start_proc: Callable[[str, str], Any] | None
     app = FastAPI(title="stream2llm", default_response_class=ORJSONResponse, lifespan=lifespan)
     app.state.opts = opts
     app.state.draining = False
+    app.state.instance = uuid.uuid4().hex[:12]  # this process's identity (stream origin)
     app.add_middleware(DrainGate, state=app.state)
     if opts.max_body_bytes:
         app.add_middleware(BodyLimit, max_bytes=opts.max_body_bytes)
@@ -140,15 +144,21 @@ def create_app(opts: ServerOptions, start_proc: Callable[[str, str], Any] | None
         reason = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errs)
         return _error(422, reason or "invalid request", detail=errs)
 
+    keys = load_api_keys(opts.api_key_file) if opts.api_key_file else {}
     if opts.api_key:
-        key = f"Bearer {opts.api_key}".encode()
+        keys.setdefault(opts.api_key, "")  # one shared key: clients stay per IP (limits.py)
+    if keys:
+        bearer = [(f"Bearer {k}".encode(), name) for k, name in keys.items()]
 
         @app.middleware("http")
         async def _auth(request: Request, call_next: Any) -> Response:
-            if request.url.path != "/health":
+            if request.url.path not in ("/health", "/livez"):
                 got = request.headers.get("authorization", "").encode()
-                if not hmac.compare_digest(got, key):
+                # compare with every key (constant time each) so timing says nothing
+                hits = [name for b, name in bearer if hmac.compare_digest(got, b)]
+                if not hits:
                     return _error(401, "missing or wrong API key (Authorization: Bearer KEY)")
+                request.state.api_key_name = hits[0] or None
             return await call_next(request)
 
     def svc(request: Request) -> Service:
@@ -157,7 +167,7 @@ def create_app(opts: ServerOptions, start_proc: Callable[[str, str], Any] | None
     # ---- streams ------------------------------------------------------------------
     @app.post("/v1/streams", status_code=201)
     async def open_stream(body: OpenStreamRequest, request: Request) -> dict[str, Any]:
-        rid, ack = await svc(request).open_stream(body, client_id(request.client))
+        rid, ack = await svc(request).open_stream(body, client_key(request))
         return {"rid": rid, "input_tokens": ack.input_tokens, "cached_tokens": ack.cached_tokens,
                 "invalidated_tokens": ack.invalidated_tokens}  # fmt: skip
 
@@ -171,11 +181,14 @@ def create_app(opts: ServerOptions, start_proc: Callable[[str, str], Any] | None
     async def result(rid: str, request: Request, stream: bool = False) -> Any:
         s = svc(request)
         st = s.get(rid)
+        abort = request.app.state.opts.reader_disconnect == "abort"
         if stream:
-            abort = request.app.state.opts.reader_disconnect == "abort"
             return StreamingResponse(s.sse(st, abort_on_disconnect=abort),
                                      media_type="text/event-stream")  # fmt: skip
-        return s.result(await s.wait_done(st))
+        try:
+            return s.result(await s.wait_read(st, request.is_disconnected, abort))
+        except ReaderGone:
+            return Response(status_code=499)  # nobody is there to read it
 
     @app.delete("/v1/streams/{rid}")
     async def abort(rid: str, request: Request) -> dict[str, Any]:
@@ -186,6 +199,11 @@ def create_app(opts: ServerOptions, start_proc: Callable[[str, str], Any] | None
     @app.post("/generate", response_model=None)
     async def generate(body: GenerateRequest, request: Request) -> Any:
         s = svc(request)
+        op = stream_op(body)
+        if op is not None:  # a stream operation carried through SGLang's router
+            return await handle_stream_op(op, body, request, s)
+        if request.app.state.draining:
+            raise WorkerError(503, "the server is shutting down")
         st = await s.generate_req(body)
         if body.stream:
             return StreamingResponse(s.sse(st, abort_on_disconnect=True),
@@ -209,6 +227,18 @@ def create_app(opts: ServerOptions, start_proc: Callable[[str, str], Any] | None
             return ORJSONResponse({"status": "draining"}, status_code=503)
         ok = await svc(request).healthy()
         return ORJSONResponse({"status": "ok" if ok else "unavailable"}, status_code=200 if ok else 503)
+
+    @app.get("/livez")
+    async def livez(request: Request) -> ORJSONResponse:
+        """Alive, draining or not: what SGLang's router health-checks in a cluster, so
+        a draining replica keeps receiving its own streams' chunks (docs/scale-out.md).
+        Cheap on purpose (no worker round trip: the watchdog notices a dead worker
+        within 0.25 s), so a busy replica is not mistaken for a dead one.
+        ``instance`` changes when the process restarts."""
+        ok = not svc(request).link.dead
+        return ORJSONResponse({"status": "ok" if ok else "unavailable",
+                               "instance": request.app.state.instance},
+                              status_code=200 if ok else 503)  # fmt: skip
 
     @app.get("/v1/stats")
     async def stats(request: Request) -> dict[str, Any]:

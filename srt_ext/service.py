@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -22,6 +22,10 @@ from srt_ext.limits import Limits
 from srt_ext.metrics import Metrics
 from srt_ext.runtime import ReqState, WorkerError, WorkerLink
 from srt_ext.tokenizer_room import TokenizerRoom
+
+
+class ReaderGone(Exception):
+    """The client of a plain result read disconnected before the result was ready."""
 
 
 class Service:
@@ -183,6 +187,29 @@ class Service:
         try:
             while not st.done:
                 await st.wait_change(st.version)
+        finally:
+            st.readers -= 1
+            st.last_active = time.monotonic()
+        return st
+
+    async def wait_read(self, st: ReqState, disconnected: Callable[[], Awaitable[bool]],
+                        abort_on_disconnect: bool = False, poll_s: float = 0.5) -> ReqState:  # fmt: skip
+        """``wait_done`` for a plain (non-SSE) reader that may go away: the request's
+        ``disconnected()`` is checked every ``poll_s`` while waiting; a reader that left
+        aborts the stream when ``abort_on_disconnect`` (like an SSE reader) and is
+        released either way (``ReaderGone``), so the reaper sees an unread stream."""
+        st.readers += 1
+        try:
+            while not st.done:
+                try:
+                    await st.wait_change(st.version, timeout=poll_s)
+                except TimeoutError:
+                    pass
+                if not st.done and await disconnected():
+                    if abort_on_disconnect:
+                        self.metrics.reaped.labels("disconnect").inc()
+                        await self.link.send(m.Abort(self.link.next_id(), st.rid))
+                    raise ReaderGone(st.rid)
         finally:
             st.readers -= 1
             st.last_active = time.monotonic()

@@ -20,6 +20,8 @@ COMMANDS: dict[str, str] = {
     "replay": "eval.replay",
     "validate": "eval.validate",
     "serve": "srt_ext.serve_cli",
+    "cluster": "srt_ext.cluster.cli",
+    "sim-cluster": "eval.cluster_sim_cli",
     "profile": "srt_ext.profile_cli",
     "index": "retrievers.cli",
     "crawl": "retrievers.cli",

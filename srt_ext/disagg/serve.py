@@ -116,15 +116,16 @@ def run_disagg(args: argparse.Namespace) -> int:
         raise SystemExit("stream2llm serve: --disaggregation-mode prefill needs --decode-url")
     import uvicorn
 
-    from srt_ext.server import ServerOptions
+    from srt_ext.lifecycle import GracefulServer
+    from srt_ext.serve_cli import server_options
 
-    opts = ServerOptions(
-        model_path=args.model_path, device=args.device, max_total_tokens=args.max_total_tokens,
-        scheduler=args.scheduler, preemption=args.preemption, cost_model=args.cost_model,
-        token_budget=args.token_budget, api_key=args.api_key, threads=args.threads,
-    )  # fmt: skip
+    # the prefill server is the pair's public API: same options and the same SIGTERM
+    # drain as a plain server (new work 503, open streams finish, then exit 0)
+    opts = server_options(args)
     app = create_prefill_app(opts, args.decode_url, args.disagg_ack_timeout, args.disagg_dead_after)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
+                            timeout_graceful_shutdown=5)  # fmt: skip
+    GracefulServer(config, app.state, opts.shutdown_grace).run()
     return 0
 
 
