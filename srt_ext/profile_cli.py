@@ -33,6 +33,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p = subparsers.add_parser("profile", help="measure prefill/swap/decode latency -> cost model")
     p.add_argument("--model-path", default=None, help="model: smollm2-135m-instruct (default, converted once on first use), tiny-random, or a Llama-architecture HF checkpoint dir")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--dtype", choices=("auto", "float32", "float64", "bfloat16"), default="auto")
     p.add_argument("--max-tokens", type=int, default=4096, help="largest N (powers of two >= 16)")
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--warmup", type=int, default=2)
@@ -129,7 +130,10 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     batches = [int(b) for b in args.decode_batches.split(",") if b.strip()]
     contexts = sorted({min(ns[-1], 256), ns[-1] // 4 or 16, ns[-1]})
     cap = max(ns[-1], max(b * (c + 1) for b in batches for c in contexts))
-    engine = ReferenceEngine(args.model_path, device=args.device, kv_capacity_tokens=cap)
+    from srt_ext.engine.reference import parse_dtype
+
+    engine = ReferenceEngine(args.model_path, device=args.device, kv_capacity_tokens=cap,
+                             dtype=parse_dtype(args.dtype))  # fmt: skip
     if ns[-1] > engine.max_context_len:
         raise SystemExit(f"--max-tokens {ns[-1]} > the model's context {engine.max_context_len}")
     rep, warm = args.repeats, args.warmup

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from typing import Any
 
@@ -23,6 +24,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--api-key", default=None, help="require Authorization: Bearer KEY")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--threads", type=int, default=0, help="torch threads in the worker (0: default)")
+    p.add_argument("--dtype", choices=("auto", "float32", "float64", "bfloat16"), default="auto",
+                   help="engine dtype (auto: CPU float32 exact, GPU bf16; float64: the slower "
+                   "fixed-tile exact path)")  # fmt: skip
     p.add_argument("--log-level", default="info")
     r = p.add_argument_group("reliability (docs/reliability.md)")
     r.add_argument("--stream-idle-timeout", type=float, default=300.0,
@@ -76,6 +80,8 @@ def run(args: argparse.Namespace) -> int:
     if err:
         print(f"stream2llm serve: {err}", file=sys.stderr)
         return 2
+    if args.dtype != "auto":  # the worker processes build their engine from it
+        os.environ["STREAM2LLM_DTYPE"] = args.dtype
     if args.disaggregation_mode != "null":
         from srt_ext.disagg.serve import run_disagg
 

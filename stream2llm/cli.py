@@ -15,6 +15,7 @@ import sys
 # sub-command -> module that defines it (module.add_parser(subparsers) registers it)
 COMMANDS: dict[str, str] = {
     "bench-radix": "eval.bench_radix",
+    "bench-cpu": "eval.bench_cpu",
     "sim": "eval.sim_cli",
     "replay": "eval.replay",
     "serve": "srt_ext.serve_cli",
@@ -22,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "index": "retrievers.cli",
     "crawl": "retrievers.cli",
     "demo": "eval.demo",
+    "eval-quality": "eval.quality_cli",
 }
 
 

@@ -1,6 +1,8 @@
 """Exactness: the same final token ids give the same greedy tokens (and, on the
-CPU exact path, bit-identical logits) however the input was chunked and whatever
-else shared the step. KV slots come straight from SGLang's allocator."""
+CPU exact paths, bit-identical logits) however the input was chunked and whatever
+else shared the step. KV slots come straight from SGLang's allocator. Both exact
+paths run every test: float32 on probed tile sizes (the CPU default) and float64
+on fixed position tiles."""
 
 from __future__ import annotations
 
@@ -19,11 +21,14 @@ pytestmark = pytest.mark.timeout(300)
 NEW_TOKENS = 6
 
 
-@pytest.fixture(scope="module")
-def engine():
+@pytest.fixture(scope="module", params=["float32", "float64"])
+def engine(request):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # 2 shared cores: one thread is faster here and per-op results
-    yield ReferenceEngine(TINY_MODEL, kv_capacity_tokens=4096)  # are only promised at a fixed count
+    dtype = getattr(torch, request.param)  # are only promised at a fixed count
+    _reference.clear()
+    yield ReferenceEngine(TINY_MODEL, kv_capacity_tokens=4096,
+                          dtype=None if dtype == torch.float32 else dtype)
     torch.set_num_threads(threads)
 
 
@@ -73,16 +78,23 @@ def test_chunked_and_batched_greedy_equals_one_shot(engine, specs, schedule_seed
     assert engine.allocator.available_size() == engine.kv_capacity_tokens
 
 
-def test_row_probe_holds_on_this_cpu(engine):
-    """MKL here gives fixed-shape tiles row-index-independent results, so the
-    engine fills tiles densely; the position layout is tested below as well."""
-    assert engine.model.rows_independent
+def test_probe_picks_the_layout_on_this_cpu(engine):
+    """Here float32 passes the row-count probe (sized tiles, oneDNN-packed
+    weights), and float64's fixed tiles are row-index independent (dense fill);
+    the position layout is tested below as well."""
+    plan = engine.model.plan
+    if engine.dtype == torch.float32:
+        assert plan.sized and engine.model.packed and plan.dense[0] <= 4, plan
+    else:
+        assert not plan.sized and engine.model.rows_independent
 
 
 @pytest.mark.parametrize("dense_tiles", [True, False])
 def test_chunked_logits_are_bit_identical(engine, dense_tiles):
     """Measures max |delta logit| of the last prompt token, chunked vs one-shot,
     with a random other stream's chunk in the same step. Expected: exactly 0."""
+    if engine.model.plan.sized and not dense_tiles:
+        pytest.skip("the position layout variant is a float64-path choice")
     engine.model.rows_independent = dense_tiles
     rng = random.Random(7)
     alloc = engine.allocator
@@ -143,8 +155,8 @@ def test_decode_with_kv_equals_full_recompute(engine):
 def test_fast_path_matches_within_tolerance():
     """The GPU code path (packed dense matmuls, SDPA, batched padded decode) run on
     CPU in float64: not bit-exact by construction, so checked by tolerance."""
-    fast = ReferenceEngine(TINY_MODEL, kv_capacity_tokens=1024, exact=False)
-    exact_ref = ReferenceEngine(TINY_MODEL, kv_capacity_tokens=1024)
+    fast = ReferenceEngine(TINY_MODEL, kv_capacity_tokens=1024, exact=False, dtype=torch.float64)
+    exact_ref = ReferenceEngine(TINY_MODEL, kv_capacity_tokens=1024, dtype=torch.float64)
     worst = 0.0
     for seed, n in [(1, 37), (2, 64), (3, 90)]:
         ids = prompt(seed, n, fast.vocab_size)

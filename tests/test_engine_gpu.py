@@ -45,7 +45,7 @@ def last_logits(engine, ids, chunks, other_len=0):
 
 def test_bf16_chunked_vs_one_shot_tolerance():
     gpu = ReferenceEngine(TINY_MODEL, device="cuda", kv_capacity_tokens=8192)
-    cpu = ReferenceEngine(TINY_MODEL, kv_capacity_tokens=8192)
+    cpu = ReferenceEngine(TINY_MODEL, kv_capacity_tokens=8192, dtype=torch.float64)
     assert gpu.dtype == torch.bfloat16 and not gpu.exact
     rng = random.Random(0)
     worst, agree, agree_cpu, cases = 0.0, 0, 0, 60

@@ -72,7 +72,7 @@ def engine_logits(engine: ReferenceEngine, ids: list[int], lengths: list[int]) -
 
 @pytest.fixture(scope="module")
 def tiny_engine() -> ReferenceEngine:
-    return ReferenceEngine(TINY_MODEL, kv_capacity_tokens=1024)
+    return ReferenceEngine(TINY_MODEL, kv_capacity_tokens=1024, dtype=torch.float64)
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +121,7 @@ def test_tiny_model_matches_hf_float64(tiny_engine):
 
 
 def test_llama3_sharded_tied_checkpoint_matches_hf(llama3_dir):
-    engine = ReferenceEngine(llama3_dir, kv_capacity_tokens=256)
+    engine = ReferenceEngine(llama3_dir, kv_capacity_tokens=256, dtype=torch.float64)
     assert engine.arch.rope_scaling["rope_type"] == "llama3"
     gen = torch.Generator().manual_seed(1)
     ids = torch.randint(0, 512, (150,), generator=gen).tolist()

@@ -3,25 +3,68 @@
 Only the model forward is ours: K/V of new tokens are written straight into the
 pool's per-layer ``k_buffer``/``v_buffer`` at the slots SGLang's allocator handed
 out, and attention reads a request's prefix back by slot index. The same code
-serves two layouts (see tiles.py): the exact layout (fixed-shape tiles, CPU
-float64, bit-identical under any chunking/batching) and the fast layout (one
-packed matrix, GPU bf16).
+serves three layouts (see tiles.py): two exact ones, bit-identical under any
+chunking/batching/preemption (sized tiles: CPU float32, probed row counts,
+oneDNN-packed weights; position tiles: CPU float64, fixed 16-row tiles) and the
+fast layout (one packed matrix, GPU bf16).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from srt_ext.engine.attention import batched_decode_attention, blocked_attention, sdpa_attention
+from srt_ext.engine.attention import (
+    attend,
+    batched_decode_attention,
+    blocked_attention,
+    sdpa_attention,
+    sized_attention,
+)
 from srt_ext.engine.config import LlamaArch, rope_table
-from srt_ext.engine.tiles import RowLayout, pack_by_position, pack_dense, pack_fixed
-from srt_ext.engine.weights import LayerWeights, load_weights
+from srt_ext.engine.dense import Linear, make_linear, mkl_mm, onednn_mm, onednn_packing_available
+from srt_ext.engine.probe import common_sizes, consistent_sizes
+from srt_ext.engine.tiles import RowLayout, pack_by_position, pack_dense, pack_fixed, pack_sized
+from srt_ext.engine.weights import load_weights
 
+log = logging.getLogger(__name__)
 ROPE_CHUNK = 128  # table rows built per op, so a row never depends on the table size
+# sized layout candidates: dense tiles (prefill rows fill the big ones, decode the
+# small ones), LM-head tiles (one row per sampling request) and attention row counts
+DENSE_SIZES = (1, 2, 4, 8, 16, 32, 64, 128)
+LM_SIZES = (1, 2, 4, 8, 16, 32, 64)
+SIZED_ATTN_BLOCK = 64
+
+
+@dataclass
+class LayerOps:
+    """One decoder layer as the forward applies it (weights possibly packed)."""
+
+    in_norm: torch.Tensor
+    qkv: Linear
+    o: Linear
+    post_norm: torch.Tensor
+    gate_up: Linear
+    down: Linear
+
+
+@dataclass
+class ExactPlan:
+    """What the exact path runs on: the tile sizes the probe accepted (sized
+    layout) or None (position layout), at a fixed torch thread count."""
+
+    dense: tuple[int, ...] | None
+    lm: tuple[int, ...] | None
+    attn: tuple[int, ...] | None
+    threads: int
+
+    @property
+    def sized(self) -> bool:
+        return self.dense is not None
 
 
 @dataclass
@@ -59,7 +102,11 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 class LlamaModel:
-    """Weights + forward. Stateless between calls: all KV state is in the pool."""
+    """Weights + forward. Stateless between calls: all KV state is in the pool.
+
+    ``sized`` (exact CPU only): None = float32 -> sized layout, else position
+    layout; True forces an attempt at the sized layout, False the position one.
+    """
 
     def __init__(
         self,
@@ -71,6 +118,7 @@ class LlamaModel:
         tile_rows: int = 16,
         attn_block: int = 16,
         lm_tile_rows: int = 8,
+        sized: bool | None = None,
     ) -> None:
         self.arch = LlamaArch.from_dir(model_dir)
         self.device = torch.device(device)
@@ -78,6 +126,24 @@ class LlamaModel:
         self.exact = exact
         self.tile_rows, self.attn_block, self.lm_tile_rows = tile_rows, attn_block, lm_tile_rows
         self.w = load_weights(model_dir, self.arch, self.device, dtype)
+        want_sized = exact and (dtype == torch.float32 if sized is None else sized)
+        packed = want_sized and onednn_packing_available(self.device, dtype)
+        self.packed = packed
+        self.mm = onednn_mm if packed else mkl_mm  # the sized attention's 2-D kernel
+        self.layers = [
+            LayerOps(
+                lw.in_norm,
+                make_linear(lw.qkv, lw.qkv_bias, packed),
+                make_linear(lw.o, lw.o_bias, packed),
+                lw.post_norm,
+                make_linear(lw.gate_up, None, packed),
+                make_linear(lw.down, None, packed),
+            )
+            for lw in self.w.layers
+        ]
+        self.lm_head = make_linear(self.w.lm_head, None, packed)
+        if packed:  # the packed copies replace the dense layer weights
+            self.w = replace(self.w, layers=[])
         self.scale = self.arch.head_dim**-0.5
         rope_dtype = torch.float64 if dtype == torch.float64 else torch.float32
         parts = [
@@ -87,77 +153,140 @@ class LlamaModel:
         self.cos = torch.cat([c for c, _ in parts])[:max_positions].to(self.device, rope_dtype)
         self.sin = torch.cat([s for _, s in parts])[:max_positions].to(self.device, rope_dtype)
         self.rows_independent = False
+        self.plan = ExactPlan(None, None, None, torch.get_num_threads())
         if exact:
-            self.rows_independent = self.check_rows_independent()
+            self.plan = self.probe_plan(want_sized)
+            if not self.plan.sized:
+                self.rows_independent = self.check_rows_independent()
 
-    def _layout(self, positions: list[int], tile: int) -> RowLayout:
-        if not self.exact:
-            return pack_dense(len(positions), self.device)
-        if self.rows_independent:
-            return pack_fixed(len(positions), tile, self.device)
-        return pack_by_position(positions, tile, self.device)
+    # --- exact-path probes -----------------------------------------------------
 
-    def _pre(self, lw: LayerWeights, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
-        """Tile before attention: norm, fused q/k/v projection, rope."""
-        a = self.arch
-        nh, nkv, d = a.num_heads, a.num_kv_heads, a.head_dim
-        qkv = F.linear(rms_norm(x, lw.in_norm, a.rms_norm_eps), lw.qkv, lw.qkv_bias)
-        tq, tk, tv = qkv.split([nh * d, nkv * d, nkv * d], dim=-1)
-        q = apply_rope(tq.reshape(-1, nh, d), cos, sin)
-        return q, apply_rope(tk.reshape(-1, nkv, d), cos, sin), tv.reshape(-1, nkv, d)
+    def _rnd(self, gen: torch.Generator, *shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=gen, dtype=torch.float64).to(self.device, self.dtype)
 
-    def _post(self, lw: LayerWeights, x: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
-        """Tile after attention: output projection, residual, norm, SwiGLU MLP, residual."""
-        a = self.arch
-        x = x + F.linear(attn.reshape(x.shape[0], -1), lw.o, lw.o_bias)
-        h = rms_norm(x, lw.post_norm, a.rms_norm_eps)
-        gate, up = F.linear(h, lw.gate_up).chunk(2, dim=-1)
-        return x + F.linear(F.silu(gate) * up, lw.down)
+    @torch.no_grad()
+    def probe_plan(self, want_sized: bool) -> ExactPlan:
+        """Tile sizes for the sized layout, from probing this process's kernels
+        (layer 0's ops, the LM head, attention); position layout if it fails."""
+        threads = torch.get_num_threads()
+        if not want_sized:
+            return ExactPlan(None, None, None, threads)
+        a, gen, ops = self.arch, torch.Generator().manual_seed(0), self.layers[0]
+        x, at = self._rnd(gen, a.hidden_size), self._rnd(gen, a.num_heads, a.head_dim)
+
+        def dense_op(m: int) -> list[torch.Tensor]:
+            pos = torch.full((m,), 7, dtype=torch.int64, device=self.device)
+            xs = x.expand(m, -1).contiguous()
+            outs = list(self._pre(ops, xs, self.cos[pos], self.sin[pos]))
+            return outs + [self._post(ops, xs, at.expand(m, -1, -1).contiguous())]
+
+        def lm_op(m: int) -> list[torch.Tensor]:
+            return [
+                self.lm_head(rms_norm(x.expand(m, -1).contiguous(), self.w.norm, a.rms_norm_eps))
+            ]
+
+        block, gs = SIZED_ATTN_BLOCK, a.group_size
+        attn_candidates = tuple(sorted({*LM_SIZES[2:], *DENSE_SIZES[2:], gs * block}))
+        attn_candidates = tuple(s for s in attn_candidates if s <= gs * block)
+        q1 = self._rnd(gen, a.num_kv_heads, 1, a.head_dim)
+        kv_len = 3 * block
+        keys = self._rnd(gen, a.num_kv_heads, kv_len, a.head_dim)
+        values_t = self._rnd(gen, a.num_kv_heads, a.head_dim, kv_len)
+
+        def attn_op(m: int) -> list[torch.Tensor]:
+            pos = torch.full((m,), kv_len - block // 2, dtype=torch.int64, device=self.device)
+            qt = q1.expand(-1, m, -1).contiguous()
+            return [attend(qt, pos, keys, values_t, self.scale, block, self.mm).transpose(0, 1)]
+
+        dense = common_sizes([consistent_sizes(dense_op, DENSE_SIZES)])
+        lm = consistent_sizes(lm_op, LM_SIZES)
+        attn = consistent_sizes(attn_op, attn_candidates)
+        if not dense or dense[0] > 8 or not lm or lm[0] > 8 or not attn or attn[-1] < gs * block:
+            log.warning(
+                "exact path: kernels are not row-count invariant here (dense %s, lm %s, attn %s);"
+                " using the slower position layout", dense, lm, attn,
+            )  # fmt: skip
+            return ExactPlan(None, None, None, threads)
+        return ExactPlan(dense, lm, attn, threads)
 
     @torch.no_grad()
     def check_rows_independent(self) -> bool:
-        """Does a tile op's result for a row depend on the row's index in the tile?
-
-        On a fixed shape it never depends on the other rows' contents (no op
-        mixes rows), but a BLAS could treat edge rows differently. Probe it: the
-        same token at every row index of layer 0's dense ops and the LM head.
-        If all agree bit for bit, tiles may be filled densely (decode batches of
-        equal-length requests share a tile); else rows go to p % tile.
-        """
-        a, w = self.arch, self.w
+        """Position layout: does a tile op's result for a row depend on the
+        row's index in the tile? (Same fixed shape, so never on the other rows'
+        contents.) If all rows agree, tiles are filled densely; else p % tile."""
+        a = self.arch
         gen = torch.Generator().manual_seed(0)
-
-        def rnd(*shape: int) -> torch.Tensor:
-            return torch.randn(*shape, generator=gen, dtype=torch.float64).to(
-                self.device, self.dtype
-            )
-
-        x, attn, lw = rnd(a.hidden_size), rnd(a.num_heads, a.head_dim), w.layers[0]
+        x, attn, ops = (
+            self._rnd(gen, a.hidden_size),
+            self._rnd(gen, a.num_heads, a.head_dim),
+            self.layers[0],
+        )
         seen: list[list[torch.Tensor]] = []
         for tile in (self.tile_rows, self.lm_tile_rows):
             for r in range(tile):
-                xs, at = rnd(tile, a.hidden_size), rnd(tile, a.num_heads, a.head_dim)
+                xs, at = (
+                    self._rnd(gen, tile, a.hidden_size),
+                    self._rnd(gen, tile, a.num_heads, a.head_dim),
+                )
                 pos = torch.randint(0, self.cos.shape[0], (tile,), generator=gen).to(self.device)
                 xs[r], at[r], pos[r] = x, attn, 7
                 if tile == self.tile_rows:
-                    outs = [t[r] for t in self._pre(lw, xs, self.cos[pos], self.sin[pos])]
-                    outs.append(self._post(lw, xs, at)[r])
+                    outs = [t[r] for t in self._pre(ops, xs, self.cos[pos], self.sin[pos])]
+                    outs.append(self._post(ops, xs, at)[r])
                 else:
-                    outs = [F.linear(rms_norm(xs, w.norm, a.rms_norm_eps), w.lm_head)[r]]
+                    outs = [self.lm_head(rms_norm(xs, self.w.norm, a.rms_norm_eps))[r]]
                 if r and not all(torch.equal(o, p) for o, p in zip(outs, seen[-1], strict=True)):
                     return False
                 seen.append(outs)
             seen.clear()
         return True
 
+    # --- forward ---------------------------------------------------------------
+
+    def _check_threads(self) -> None:
+        if self.exact and torch.get_num_threads() != self.plan.threads:
+            raise RuntimeError(
+                f"the exact path was set up at {self.plan.threads} torch thread(s) and now runs "
+                f"at {torch.get_num_threads()}: results are only promised at a fixed count"
+            )
+
+    def _layout(self, positions: list[int], lm: bool = False) -> RowLayout:
+        if not self.exact:
+            return pack_dense(len(positions), self.device)
+        sizes = self.plan.lm if lm else self.plan.dense
+        if sizes is not None:
+            return pack_sized(len(positions), sizes, self.device)
+        tile = self.lm_tile_rows if lm else self.tile_rows
+        if self.rows_independent:
+            return pack_fixed(len(positions), tile, self.device)
+        return pack_by_position(positions, tile, self.device)
+
+    def _pre(self, ops: LayerOps, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        """Tile before attention: norm, fused q/k/v projection, rope."""
+        a = self.arch
+        nh, nkv, d = a.num_heads, a.num_kv_heads, a.head_dim
+        qkv = ops.qkv(rms_norm(x, ops.in_norm, a.rms_norm_eps))
+        tq, tk, tv = qkv.split([nh * d, nkv * d, nkv * d], dim=-1)
+        q = apply_rope(tq.reshape(-1, nh, d), cos, sin)
+        return q, apply_rope(tk.reshape(-1, nkv, d), cos, sin), tv.reshape(-1, nkv, d)
+
+    def _post(self, ops: LayerOps, x: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
+        """Tile after attention: output projection, residual, norm, SwiGLU MLP, residual."""
+        a = self.arch
+        x = x + ops.o(attn.reshape(x.shape[0], -1))
+        h = rms_norm(x, ops.post_norm, a.rms_norm_eps)
+        gate, up = ops.gate_up(h).chunk(2, dim=-1)
+        return x + ops.down(F.silu(gate) * up)
+
     @torch.no_grad()
     def forward(
         self, batch: StepBatch, k_bufs: list[torch.Tensor], v_bufs: list[torch.Tensor]
     ) -> torch.Tensor:
         """Writes the new tokens' K/V into the pool; returns logits [len(sample_index), vocab]."""
+        self._check_threads()
         a, w = self.arch, self.w
         nh, nkv, d = a.num_heads, a.num_kv_heads, a.head_dim
-        layout = self._layout(batch.positions, self.tile_rows)
+        layout = self._layout(batch.positions)
         rows, n_rows = layout.rows, layout.n_rows
         x = torch.zeros(n_rows, a.hidden_size, dtype=self.dtype, device=self.device)
         x[rows] = w.embed[batch.token_ids]
@@ -167,14 +296,15 @@ class LlamaModel:
         q = torch.empty(n_rows, nh, d, dtype=self.dtype, device=self.device)
         k = torch.empty(n_rows, nkv, d, dtype=self.dtype, device=self.device)
         v = torch.empty_like(k)
-        for li, lw in enumerate(w.layers):
-            for sl in layout.slices():
-                q[sl], k[sl], v[sl] = self._pre(lw, x[sl], cos[sl], sin[sl])
+        slices = layout.slices()
+        for li, ops in enumerate(self.layers):
+            for sl in slices:
+                q[sl], k[sl], v[sl] = self._pre(ops, x[sl], cos[sl], sin[sl])
             k_bufs[li][batch.new_slots] = k[rows]
             v_bufs[li][batch.new_slots] = v[rows]
             attn = self._attention(batch, rows, q, k_bufs[li], v_bufs[li])
-            for sl in layout.slices():
-                x[sl] = self._post(lw, x[sl], attn[sl])
+            for sl in slices:
+                x[sl] = self._post(ops, x[sl], attn[sl])
         return self._logits(batch, rows, x, layout)
 
     def _attention(
@@ -198,7 +328,18 @@ class LlamaModel:
                 continue
             r = rows[s.offset : s.offset + s.n]
             keys, values = k_buf[s.all_slots], v_buf[s.all_slots]
-            if self.exact:
+            if self.plan.attn is not None:
+                out[r] = sized_attention(
+                    q[r],
+                    keys,
+                    values,
+                    s.start,
+                    self.scale,
+                    SIZED_ATTN_BLOCK,
+                    self.plan.attn,
+                    self.mm,
+                )
+            elif self.exact:
                 out[r] = blocked_attention(q[r], keys, values, s.start, self.scale, self.attn_block)
             else:
                 out[r] = sdpa_attention(q[r], keys, values, s.start, self.scale)
@@ -214,10 +355,10 @@ class LlamaModel:
         for sl in layout.slices():
             normed[sl] = rms_norm(x[sl], w.norm, a.rms_norm_eps)
         picked = normed[rows[batch.sample_index]]
-        lm = self._layout([batch.positions[i] for i in batch.sample_index], self.lm_tile_rows)
+        lm = self._layout([batch.positions[i] for i in batch.sample_index], lm=True)
         h = torch.zeros(lm.n_rows, a.hidden_size, dtype=self.dtype, device=self.device)
         h[lm.rows] = picked
         logits = torch.empty(lm.n_rows, a.vocab_size, dtype=self.dtype, device=self.device)
         for sl in lm.slices():
-            logits[sl] = F.linear(h[sl], w.lm_head)
+            logits[sl] = self.lm_head(h[sl])
         return logits[lm.rows]

@@ -2,13 +2,16 @@
 
 The scheduler decides *what* runs in a step (chunks of several streams, decode
 tokens of several requests) and which KV slots they use (StreamKVCache over
-``engine.allocator``); the engine only computes. On CPU it runs in float64 on
-the exact layout, so a stream's greedy output depends only on its final token
-ids, never on chunking, batching or preemption (see tiles.py/attention.py).
+``engine.allocator``); the engine only computes. On CPU it runs an exact layout, so a stream's greedy
+output depends only on its final token ids, never on chunking, batching or
+preemption (see tiles.py/attention.py): float32 on probed, batch-invariant tile
+sizes by default, or float64 on fixed 16-row tiles (``dtype=torch.float64``).
+Results are promised at the torch thread count the engine was built with.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +68,22 @@ def sample_token(logits: torch.Tensor, item: ForwardItem, position: int) -> int:
     return int(torch.multinomial(probs, 1, generator=gen).item())
 
 
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
+
+
+DTYPE_ENV = "STREAM2LLM_DTYPE"  # what `serve/profile --dtype` set for their worker processes
+
+
+def parse_dtype(name: str | None) -> torch.dtype | None:
+    """CLI spelling -> dtype; None/""/"auto" = the device's default (CPU float32, GPU bf16)."""
+    if name in (None, "", "auto"):
+        return None
+    try:
+        return DTYPES[name]
+    except KeyError:
+        raise ValueError(f"unknown dtype {name!r}; choose auto, {', '.join(DTYPES)}") from None
+
+
 class ReferenceEngine:
     """A Llama checkpoint (default: SmolLM2-135M-Instruct, model_store.py) over SGLang's KV pool."""
 
@@ -77,10 +96,12 @@ class ReferenceEngine:
         exact: bool | None = None,
         tile_rows: int = 16,
         attn_block: int = 16,
+        sized: bool | None = None,
     ) -> None:
         self.device = torch.device(device)
         on_cpu = self.device.type == "cpu"
-        self.dtype = dtype or (torch.float64 if on_cpu else torch.bfloat16)
+        dtype = dtype or parse_dtype(os.environ.get(DTYPE_ENV))
+        self.dtype = dtype or (torch.float32 if on_cpu else torch.bfloat16)
         self.exact = on_cpu if exact is None else exact
         self.model_path = resolve_model(model_path)  # a name (default: SmolLM2) or a dir
         from srt_ext.engine.config import LlamaArch
@@ -95,6 +116,7 @@ class ReferenceEngine:
             max_positions=arch.max_position_embeddings,
             tile_rows=tile_rows,
             attn_block=attn_block,
+            sized=sized,
         )
         self.arch = arch
         self.pool, self.allocator = make_kv_pool(

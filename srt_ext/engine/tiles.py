@@ -1,5 +1,16 @@
 """Row layouts for the dense part of a forward step.
 
+Two exact layouts exist; the engine picks one per dtype after probing the
+machine's kernels (see probe.py):
+
+* **sized tiles** (float32 default): a kernel class where a row's result is
+  provably (probed) the same at every tile size in a small set and at every row
+  index. Tokens then fill tiles densely, the step's rows split greedily into
+  sizes from the set (big tiles for prefill, small for decode), padding at most
+  ``min(sizes) - 1`` rows per step. No row's bits depend on its neighbours.
+* **position tiles** (float64, and the fallback when the probe fails): the
+  original scheme, described next.
+
 Why tiles: BLAS kernels (MKL measured here) give a row of ``x @ W.T`` a result
 that depends on the number of rows M and on the row's index inside the batch
 (different blocking and edge kernels), so the same token computed in a chunk of
@@ -31,10 +42,43 @@ class RowLayout:
 
     rows: torch.Tensor  # [n_tokens] row index of each token
     n_rows: int
-    tile: int  # rows per dense op; n_rows is a multiple of it
+    tile: int  # rows per dense op (uniform layouts); n_rows is a multiple of it
+    sizes: list[int] | None = None  # rows of each dense op, in order (sized layout)
 
     def slices(self) -> list[slice]:
-        return [slice(i, i + self.tile) for i in range(0, self.n_rows, self.tile)]
+        if self.sizes is None:
+            return [slice(i, i + self.tile) for i in range(0, self.n_rows, self.tile)]
+        out, at = [], 0
+        for n in self.sizes:
+            out.append(slice(at, at + n))
+            at += n
+        return out
+
+
+def split_sizes(n: int, sizes: tuple[int, ...]) -> list[int]:
+    """Cover ``n`` rows with tiles from ``sizes``: largest first, then the largest
+    that fits, the tail padded up to the smallest size. Any row may land in any
+    tile: the sized layout is only used where the probe showed that is harmless."""
+    if n <= 0:
+        return []
+    order = sorted(sizes, reverse=True)
+    out: list[int] = []
+    while n > 0:
+        fit = next((s for s in order if s <= n), order[-1])
+        out.append(fit)
+        n -= fit
+    return out
+
+
+def pack_sized(n_tokens: int, sizes: tuple[int, ...], device: torch.device) -> RowLayout:
+    """Batch-invariant layout: tokens in order, tiles of probed sizes."""
+    tiles = split_sizes(n_tokens, sizes)
+    return RowLayout(
+        rows=torch.arange(n_tokens, dtype=torch.int64, device=device),
+        n_rows=sum(tiles),
+        tile=max(tiles, default=1),
+        sizes=tiles,
+    )
 
 
 def pack_by_position(positions: list[int], tile_rows: int, device: torch.device) -> RowLayout:

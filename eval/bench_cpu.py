@@ -1,0 +1,265 @@
+"""CPU throughput of the reference engine against this machine's limits (issue 9).
+
+    stream2llm bench-cpu [--model-path DIR] [--threads 1] [--plot out/bench_cpu.png]
+    python -m eval.bench_cpu ...            (the same)
+
+In one run, at one torch thread count: the machine's dense-matmul rate (torch
+GEMM, float32 and float64: MKL ``F.linear`` and oneDNN packed, best over the
+model's GEMM shapes and a square one) and its memory read bandwidth (``sum`` of
+a 512 MiB tensor); then for each exact path (float64 position tiles = before,
+float32 sized tiles = after) prefill of 256/1K/2K-token chunks from an empty
+cache and decode steps at batch 1 and 8. Bounds:
+
+* prefill FLOPs = 2 x (decoder matmul params) x tokens + 2 x (LM-head params)
+  (one sampled row) + causal attention 4 x heads x head_dim x layers x n(n+1)/2;
+  time bound = FLOPs / float32 GEMM rate. Target: >= 50 % for 1K chunks.
+* decode read bound = (weight bytes + KV bytes of the batch) / bandwidth.
+  Target: step time <= 2 x the bound, float32 weights.
+
+Default model: a seeded random checkpoint with SmolLM2-135M's exact shape
+(timings depend on shapes only). Ratios within one run are the robust numbers
+on a shared machine; absolute ones move with the load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import platform
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from srt_ext.engine.shapes import SMOLLM2_135M, matmul_params, write_random_llama
+
+GEMM_SHAPES = [(m, k, n) for m in (64, 256) for k, n in ((576, 3072), (1536, 576), (576, 960))]
+
+
+@dataclass
+class Machine:
+    threads: int
+    gflops_fp32: float
+    gflops_fp64: float
+    read_gbps: float
+
+
+@dataclass
+class Row:
+    path: str  # "float64 (before)" / "float32 (after)"
+    kind: str  # prefill / decode
+    size: int  # chunk tokens / batch
+    seconds: float  # per chunk / per step
+    bound_s: float  # FLOP bound (prefill, float32 GEMM rate) or read bound (decode)
+    bound32_s: float  # decode: the read bound with float32 weights (the target's)
+
+    @property
+    def frac(self) -> float:
+        return self.bound_s / self.seconds
+
+
+def best_of(fn: Callable[[], Any], repeats: int) -> float:
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def gemm_rate(dtype: torch.dtype, repeats: int = 3) -> float:
+    """Best GFLOP/s of x @ W.T over the model's shapes and a 1024^3 one."""
+    from srt_ext.engine.dense import Linear, PackedLinear, onednn_packing_available
+
+    packed = onednn_packing_available(torch.device("cpu"), dtype)
+    best = 0.0
+    for m, k, n in [*GEMM_SHAPES, (1024, 1024, 1024)]:
+        x, w = torch.randn(m, k, dtype=dtype), torch.randn(n, k, dtype=dtype)
+        kernels: list[Callable[[torch.Tensor], torch.Tensor]] = [Linear(w)]
+        if packed:
+            kernels.append(PackedLinear.pack(w, None))
+        for kernel in kernels:
+            best = max(best, 2 * m * k * n / best_of(partial(kernel, x), repeats) / 1e9)
+    return best
+
+
+def read_bandwidth(mib: int = 512, repeats: int = 5) -> float:
+    x = torch.ones(mib * 2**20 // 4)
+    return x.numel() * 4 / best_of(lambda: x.sum(), repeats) / 1e9
+
+
+def prefill_flops(shape: dict[str, Any], n: int) -> float:
+    layers_p, lm_p = matmul_params(shape)
+    attn = 4 * shape["num_attention_heads"] * shape["head_dim"] * shape["num_hidden_layers"]
+    return 2.0 * layers_p * n + 2.0 * lm_p + attn * n * (n + 1) / 2
+
+
+def decode_bytes(shape: dict[str, Any], batch: int, context: int, itemsize: int) -> float:
+    layers_p, lm_p = matmul_params(shape)
+    kv = 2 * shape["num_key_value_heads"] * shape["head_dim"] * shape["num_hidden_layers"]
+    return float((layers_p + lm_p) * itemsize + batch * context * kv * itemsize)
+
+
+def measure_path(args: argparse.Namespace, model: Path, shape: dict[str, Any], dtype: torch.dtype,
+                 machine: Machine, bar: tqdm) -> list[Row]:  # fmt: skip
+    from eval.bench_engine import bench_decode
+    from srt_ext.engine import ReferenceEngine
+
+    sizes, batches = args.sizes, args.batches
+    cap = max(max(sizes), max(batches) * (args.context + args.steps + 2)) + 16
+    engine = ReferenceEngine(model, dtype=dtype, kv_capacity_tokens=cap)
+    name = (
+        f"{str(dtype).removeprefix('torch.')} ({'after' if engine.model.plan.sized else 'before'})"
+    )
+    item = dtype.itemsize
+    rows = []
+    engine.profile_prefill(64)  # warm-up
+    for n in sizes:
+        bar.set_description(f"{name} prefill {n}")
+        sec = engine.profile_prefill(n, args.repeats)
+        bound = prefill_flops(shape, n) / (machine.gflops_fp32 * 1e9)
+        rows.append(Row(name, "prefill", n, sec, bound, bound))
+        bar.update()
+    for b in batches:
+        bar.set_description(f"{name} decode x{b}")
+        sec = 1.0 / bench_decode(engine, b, args.context, args.steps)
+        gbs = machine.read_gbps * 1e9
+        own, f32 = (decode_bytes(shape, b, args.context, s) / gbs for s in (item, 4))
+        rows.append(Row(name, "decode", b, sec, own, f32))
+        bar.update()
+    del engine
+    gc.collect()
+    return rows
+
+
+def table(rows: list[Row], shape: dict[str, Any], context: int) -> str:
+    out = [
+        "| path | prefill chunk | s | tokens/s | GFLOP/s | % of fp32 FLOP bound |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        if r.kind == "prefill":
+            gf = prefill_flops(shape, r.size) / r.seconds / 1e9
+            out.append(f"| {r.path} | {r.size} | {r.seconds:.2f} | {r.size / r.seconds:,.0f} "
+                       f"| {gf:.1f} | {100 * r.frac:.0f} % |")  # fmt: skip
+    out += [
+        "",
+        f"| path | decode batch (context {context}) | step ms | read bound ms (own dtype) "
+        "| x own bound | x fp32-weight bound |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        if r.kind == "decode":
+            out.append(f"| {r.path} | {r.size} | {1e3 * r.seconds:.1f} | {1e3 * r.bound_s:.1f} "
+                       f"| {r.seconds / r.bound_s:.2f} | {r.seconds / r.bound32_s:.2f} |")  # fmt: skip
+    return "\n".join(out)
+
+
+def plot(rows: list[Row], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, kind in zip(axes, ("prefill", "decode"), strict=True):
+        sel = [r for r in rows if r.kind == kind]
+        paths = sorted({r.path for r in sel})
+        sizes = sorted({r.size for r in sel})
+        width = 0.8 / max(len(paths), 1)
+        for i, p in enumerate(paths):
+            vals = [next((100 * r.frac for r in sel if r.path == p and r.size == s), 0.0)
+                    for s in sizes]  # fmt: skip
+            ax.bar([j + i * width for j in range(len(sizes))], vals, width, label=p)
+        ax.set_xticks([j + width * (len(paths) - 1) / 2 for j in range(len(sizes))])
+        ax.set_xticklabels([str(s) for s in sizes])
+        target = 50 if kind == "prefill" else 50  # decode: 2x the read bound = 50 %
+        ax.axhline(target, color="grey", ls="--", lw=1)
+        ax.set_xlabel("chunk tokens" if kind == "prefill" else "decode batch")
+        ax.set_ylabel("% of bound" + (" (FLOP, fp32 GEMM)" if kind == "prefill" else " (read)"))
+        ax.set_title(kind)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+
+
+def run(args: argparse.Namespace) -> int:
+    torch.set_num_threads(args.threads)
+    args.sizes = [int(x) for x in str(args.sizes).split(",")]
+    args.batches = [int(x) for x in str(args.batches).split(",")]
+    dtypes = [getattr(torch, d) for d in str(args.paths).split(",")]
+    tmp = None
+    if args.model_path:
+        model = Path(args.model_path)
+        shape = json.loads((model / "config.json").read_text())
+    else:
+        tmp = tempfile.TemporaryDirectory(prefix="bench-cpu-")
+        shape = SMOLLM2_135M
+        model = write_random_llama(tmp.name, shape, seed=0)
+    try:
+        steps = 3 + len(dtypes) * (len(args.sizes) + len(args.batches))
+        with tqdm(total=steps, unit="step") as bar:
+            bar.set_description("GEMM fp32")
+            g32 = gemm_rate(torch.float32)
+            bar.update()
+            bar.set_description("GEMM fp64")
+            g64 = gemm_rate(torch.float64)
+            bar.update()
+            bar.set_description("bandwidth")
+            machine = Machine(args.threads, g32, g64, read_bandwidth())
+            bar.update()
+            rows = [r for d in dtypes for r in measure_path(args, model, shape, d, machine, bar)]
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    print(f"\nmodel {model.name if args.model_path else 'random SmolLM2-135M shape'}, "
+          f"{args.threads} thread(s), torch {torch.__version__}, "
+          f"{platform.processor() or platform.machine()}")  # fmt: skip
+    print(f"GEMM fp32 {g32:.1f} GFLOP/s, fp64 {g64:.1f} GFLOP/s (fp64/fp32 {g64 / g32:.2f}); "
+          f"read bandwidth {machine.read_gbps:.1f} GB/s\n")  # fmt: skip
+    print(table(rows, shape, args.context))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(
+            {"machine": asdict(machine), "rows": [asdict(r) for r in rows]}, indent=2))  # fmt: skip
+    if args.plot:
+        plot(rows, args.plot)
+    return 0
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "bench-cpu", help="engine prefill/decode vs the CPU's GEMM and memory bounds"
+    )
+    build(p)
+    p.set_defaults(func=run)
+
+
+def build(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model-path", default=None, help="Llama dir (default: random SmolLM2 shape)")
+    p.add_argument(
+        "--threads", type=int, default=1, help="torch CPU threads (results promised per count)"
+    )
+    p.add_argument("--paths", default="float64,float32", help="exact paths to measure (dtypes)")
+    p.add_argument("--sizes", default="256,1024,2048", help="prefill chunk tokens")
+    p.add_argument("--batches", default="1,8", help="decode batch sizes")
+    p.add_argument("--context", type=int, default=512, help="prompt tokens per decode request")
+    p.add_argument("--steps", type=int, default=8, help="timed decode steps")
+    p.add_argument("--repeats", type=int, default=2, help="prefill repeats (best is kept)")
+    p.add_argument("--json", help="write machine numbers and rows as JSON")
+    p.add_argument("--plot", help="draw %% of bound per path to this PNG")
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    build(ap)
+    raise SystemExit(run(ap.parse_args()))
