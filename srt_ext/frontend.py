@@ -1,12 +1,16 @@
 """SGLang frontend programs with streamed context.
 
-An ordinary ``@sgl.function`` program gets streamed retrieval with one primitive::
+An ordinary ``@sgl.function`` program gets streamed retrieval with one primitive.
+The prompt follows the model's chat template, laid out for streaming
+(``retrievers/prompt.py``: head, one piece per page, question + closing tokens)::
+
+    layout = PromptLayout.from_model_dir(resolve_model(None))  # SmolLM2's chat template
 
     @sgl.function
     def rag(s, question):
-        s += "Answer from the context.\\nContext:\\n"
-        s += stream_context(search_chunks(index, question))   # retrieval flows in
-        s += "Question: " + question + "\\nAnswer:"
+        s += layout.head                                      # system turn, "Context:"
+        s += stream_context(layout.piece(p.text) for p in pages(question))  # flows in
+        s += layout.tail(question)                            # question, assistant header
         s += sgl.gen("answer", max_tokens=64)                 # starts when retrieval ends
 
     sgl.set_default_backend(StreamingEndpoint("http://127.0.0.1:30000"))

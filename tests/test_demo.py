@@ -1,21 +1,45 @@
-"""The README's main command runs end to end (quick mode)."""
+"""The README's main command runs end to end: quickly on the tiny model (the
+plumbing: both retrievers, streaming and not, same tokens, the plot), and once,
+briefly, on the real default model with the chat layout (real answers)."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 
-def test_demo_quick(tmp_path: Path) -> None:
+pytestmark = pytest.mark.timeout(900)
+
+
+def _demo(tmp_path: Path, *extra: str) -> str:
     proc = subprocess.run(
-        [sys.executable, "-m", "stream2llm.cli", "demo", "--quick", "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=600,
-    )
+        [sys.executable, "-m", "stream2llm.cli", "demo", "--quick", "--out", str(tmp_path),
+         "--threads", "1", *extra],
+        capture_output=True, text=True, timeout=850,
+    )  # fmt: skip
     out = proc.stdout
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    assert "[4/4] results" in out
-    # both retrievers ran, streaming and not, and gave the same tokens
+    assert "[5/5] results" in out
     assert "vector search" in out and "crawl" in out
     assert "identical outputs streaming vs non-streaming: 2/2" in out
     assert (tmp_path / "demo_timeline.png").stat().st_size > 1000
+    return out
+
+
+def test_demo_quick_tiny_model(tmp_path: Path) -> None:
+    out = _demo(tmp_path, "--model-path", "tiny-random", "--prompt", "plain")
+    assert re.search(r"correct answers \(contain the gold answer\): [0-2]/2", out)
+
+
+@pytest.mark.slow
+def test_demo_quick_real_model(tmp_path: Path) -> None:
+    """The default path: SmolLM2 with its chat template answers the first demo
+    question (q02, gold NameError) from streamed context, through both retrievers."""
+    out = _demo(tmp_path)
+    assert "q02: What exception is raised" in out
+    answers = re.findall(r"\| (correct|WRONG) +\| answer: '(.*)'", out)
+    assert len(answers) == 2 and all(a for _, a in answers), out
+    assert "correct answers (contain the gold answer): " in out
