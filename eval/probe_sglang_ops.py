@@ -29,9 +29,9 @@ import httpx
 from srt_ext.sglang_engine.launch import SGLangServer, SGLangServerConfig
 
 
-def _gen(url: str, ids: list[int], new: int) -> dict[str, Any]:
+def _gen(url: str, ids: list[int], new: int, ignore_eos: bool = True) -> dict[str, Any]:
     r = httpx.post(url + "/generate", timeout=900, json={"input_ids": ids, "sampling_params": {
-        "max_new_tokens": new, "temperature": 0, "ignore_eos": True}})  # fmt: skip
+        "max_new_tokens": new, "temperature": 0, "ignore_eos": ignore_eos}})  # fmt: skip
     r.raise_for_status()
     return dict(r.json())
 
@@ -41,8 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model-path", default=None)
     ap.add_argument("--pool", type=int, default=1024, help="KV pool tokens (small: retraction)")
     ap.add_argument("--chunk", type=int, default=128, help="--chunked-prefill-size")
-    ap.add_argument("--concurrent", type=int, default=6)
-    ap.add_argument("--decode", type=int, default=300, help="new tokens per concurrent request")
+    ap.add_argument("--concurrent", type=int, default=8)
+    ap.add_argument("--decode", type=int, default=400, help="new tokens per concurrent request")
     args = ap.parse_args(argv)
     trace = Path(tempfile.mkstemp(prefix="sgl-kernel-trace-")[1])
     cfg = SGLangServerConfig(model_path=args.model_path, max_total_tokens=args.pool,
@@ -63,9 +63,11 @@ def main(argv: list[str] | None = None) -> int:
         _gen(s.url, prompt(5 * args.chunk + 7), 2)
         ran["chunked prefill"] = "Prefill batch" in s.log_text()
         prompts = [prompt(64) for _ in range(args.concurrent)]
-        alone = [_gen(s.url, p, args.decode)["output_ids"] for p in prompts[:2]]
+        # without ignore_eos: SGLang reserves a request's whole max_new_tokens when it
+        # ignores EOS (PrefillAdder ratio 1.0), and the pool never overflows
+        alone = [_gen(s.url, p, args.decode, False)["output_ids"] for p in prompts[:2]]
         with cf.ThreadPoolExecutor(args.concurrent) as ex:
-            outs = list(ex.map(lambda p: _gen(s.url, p, args.decode), prompts))
+            outs = list(ex.map(lambda p: _gen(s.url, p, args.decode, False), prompts))
         retracted = sum(int(o["meta_info"].get("num_retractions") or 0) for o in outs)
         ran["retraction (recompute)"] = retracted
         ran["retracted outputs exact"] = all(o["output_ids"] == a for o, a in zip(outs[:2], alone, strict=True))
