@@ -40,6 +40,9 @@ def test_append_stream_acks_and_result(srv, http):
     ids = prompt(31, 50)
     rid = _open(http, input_ids=ids[:20])
     srv.wait_pinned(20)
+    if srv.engine == "sglang":  # computed, then parked out of SGLang's queues (kv.park)
+        s = srv.stats()
+        assert s["streams_parked"] == 1 and s["kv_pinned_tokens"] == 20, s
     ack = http.post(f"/v1/streams/{rid}/chunks", json={"input_ids": ids[20:45]}).json()
     assert ack == {"rid": rid, "input_tokens": 45, "cached_tokens": 20, "invalidated_tokens": 0}
     ack = http.post(f"/v1/streams/{rid}/chunks", json={"input_ids": ids[45:], "final": True}).json()
