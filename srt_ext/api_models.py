@@ -28,6 +28,29 @@ class SamplingParamsModel(BaseModel):
     stop: str | list[str] | None = None
     stop_token_ids: list[int] | None = None
     ignore_eos: bool = False
+    # SGLang's frontend (SglSamplingParams.to_srt_kwargs) always sends these, with
+    # neutral defaults. The reference engine does not implement them: a neutral
+    # value is accepted, anything else is a 422 instead of being silently ignored.
+    min_new_tokens: int = 0
+    n: int = 1
+    min_p: float = 0.0
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    stop_regex: str | list[str] | None = None
+    regex: str | None = None
+    json_schema: str | None = None
+    ebnf: str | None = None
+
+    @model_validator(mode="after")
+    def _unsupported(self) -> SamplingParamsModel:
+        neutral = {"min_new_tokens": 0, "n": 1, "min_p": 0.0, "frequency_penalty": 0.0,
+                   "presence_penalty": 0.0}  # fmt: skip
+        bad = [k for k, v in neutral.items() if getattr(self, k) != v]
+        bad += [k for k in ("stop_regex", "regex", "json_schema", "ebnf") if getattr(self, k)]
+        if bad:
+            raise ValueError(f"not supported by the reference engine: {', '.join(bad)} "
+                             "(use --engine sglang)")  # fmt: skip
+        return self
 
     def spec(self) -> SamplingSpec:
         return SamplingSpec(
@@ -91,6 +114,13 @@ class GenerateRequest(_Input):
     sampling_params: SamplingParamsModel = Field(default_factory=SamplingParamsModel)
     stream: bool = False
     rid: str | None = None
+    return_logprob: bool = False
+
+    @model_validator(mode="after")
+    def _no_logprobs(self) -> GenerateRequest:
+        if self.return_logprob:  # sgl.select and logprob programs need them
+            raise ValueError("return_logprob is not supported by the reference engine")
+        return self
 
 
 class _OpenAIRequest(BaseModel):

@@ -12,7 +12,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser("serve", help="run the REST API server (streams, /generate, OpenAI)")
     p.add_argument("--model-path", default=None,
                    help="Llama-architecture HF checkpoint dir (default: the embedded tiny model)")
-    p.add_argument("--engine", choices=("reference", "sglang"), default="reference")
+    p.add_argument("--engine", choices=("reference", "sglang"), default="reference",
+                   help="reference: our server, scheduler and model forward over SGLang's KV "
+                        "pool; sglang: SGLang's own server and scheduler with our tree and "
+                        "hooks (docs/sglang-engine.md)")  # fmt: skip
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=30000)
     p.add_argument("--max-total-tokens", type=int, default=16384, help="KV pool size in tokens")
@@ -50,9 +53,16 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 def check_args(args: argparse.Namespace) -> str | None:
     """Why these options cannot run here (None when they can)."""
     if args.engine == "sglang":
-        return ("--engine sglang runs SGLang's own model runner and needs a CUDA GPU and the GPU "
-                "install (pip install 'stream2llm[gpu]'); this build is CPU-only. "
-                "Use --engine reference.")  # fmt: skip
+        if args.disaggregation_mode != "null":
+            return "--engine sglang: use SGLang's own --disaggregation-mode (not wired here)"
+        if args.device == "cpu":
+            import importlib.util
+
+            from srt_ext.sglang_engine.server_main import CPU_SITE
+
+            if importlib.util.find_spec("sgl_kernel") is None and not CPU_SITE.is_dir():
+                return ("--engine sglang on CPU needs stream2llm's CPU install "
+                        "(bash scripts/dev.sh install: cpu_site/ with the sgl_kernel stand-in)")  # fmt: skip
     if args.device == "cuda":
         import torch
 
@@ -76,6 +86,10 @@ def run(args: argparse.Namespace) -> int:
     if err:
         print(f"stream2llm serve: {err}", file=sys.stderr)
         return 2
+    if args.engine == "sglang":
+        from srt_ext.sglang_engine.serve import run_sglang
+
+        return run_sglang(args)
     if args.disaggregation_mode != "null":
         from srt_ext.disagg.serve import run_disagg
 

@@ -226,4 +226,10 @@ def create_app(opts: ServerOptions, start_proc: Callable[[str, str], Any] | None
     from srt_ext.openai_api import add_openai_routes
 
     add_openai_routes(app, svc, model_name=opts.model_path or "stream2llm-tiny")
+    from srt_ext.sglang_compat import add_sglang_info_routes
+
+    add_sglang_info_routes(app, svc, model_path, opts.model_path or "stream2llm-tiny",
+                           {"max_total_num_tokens": opts.max_total_tokens,
+                            "schedule_policy": opts.scheduler,
+                            "chunked_prefill_size": opts.token_budget})  # fmt: skip
     return app

@@ -31,6 +31,9 @@ from typing import IO, Any
 import httpx
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+# the reference server's chat fallback (srt_ext/tokenizer_room.py) as a Jinja
+# template, for checkpoints that ship none (SGLang's chat route refuses them)
+PLAIN_CHAT_TEMPLATE = Path(__file__).with_name("plain_chat.jinja")
 TREE_CACHE_LINE = "impl=StreamingRadixCache"
 
 
@@ -83,6 +86,14 @@ def disabled_model_modules(model_path: str) -> list[str]:
     return [n for n in names if n != model_type]
 
 
+def has_chat_template(model_path: str) -> bool:
+    try:
+        tok_cfg = json.loads((Path(model_path) / "tokenizer_config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return bool(tok_cfg.get("chat_template")) or (Path(model_path) / "chat_template.jinja").exists()
+
+
 def server_argv(cfg: SGLangServerConfig, model_path: str, port: int) -> list[str]:
     argv = [sys.executable, "-m", "srt_ext.sglang_engine.server_main",
             "--model-path", model_path, "--host", cfg.host, "--port", str(port),
@@ -95,6 +106,8 @@ def server_argv(cfg: SGLangServerConfig, model_path: str, port: int) -> list[str
         argv += ["--chunked-prefill-size", str(cfg.chunked_prefill_size)]
     if cfg.api_key:
         argv += ["--api-key", cfg.api_key]
+    if not has_chat_template(model_path) and "--chat-template" not in cfg.extra_args:
+        argv += ["--chat-template", str(PLAIN_CHAT_TEMPLATE)]
     return argv + list(cfg.extra_args)
 
 

@@ -1,0 +1,59 @@
+"""One SGLang server (``--engine sglang``) per test session, shared by every test
+module that uses the ``sglang_server`` fixture; plus an ``engine_url`` fixture
+parametrized over both engines.
+
+Start-up costs ~1-2 min on the 2-core CI box (importing sglang in three
+processes), so the server is started once, lazily, and stopped at exit. Use in a
+test module with ``from sglang_helpers import sglang_server, engine_url  # noqa: F401``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from srt_ext.sglang_engine.launch import SGLangServer, SGLangServerConfig
+
+# one per pytest process, whichever module asks first
+_SHARED: dict[str, SGLangServer] = {}
+
+# small pool (start-up time is spent allocating it otherwise), one OMP thread
+# per SGLang process (2 shared cores), the policy our streams use by default
+DEFAULT_CONFIG: dict[str, Any] = {"max_total_tokens": 4096, "threads": 1}
+
+
+def shared_sglang_server(**overrides: Any) -> SGLangServer:
+    """The session's SGLang server, started on first use (config as
+    ``SGLangServerConfig``; a different config starts a second one)."""
+    cfg = {**DEFAULT_CONFIG, **overrides}
+    key = repr(sorted(cfg.items()))
+    server = _SHARED.get(key)
+    if server is None or not server.alive():
+        server = SGLangServer(SGLangServerConfig(**cfg))
+        server.start(progress=bool(os.environ.get("STREAM2LLM_TEST_PROGRESS")))
+        atexit.register(server.stop)
+        _SHARED[key] = server
+    return server
+
+
+@pytest.fixture(scope="session")
+def sglang_server() -> Iterator[SGLangServer]:
+    """SGLang's own server with our tree and hooks (SGLangStartupError with its log tail if it cannot start)."""
+    yield shared_sglang_server()
+
+
+@pytest.fixture(scope="module", params=["reference", "sglang"])
+def engine_url(request: pytest.FixtureRequest) -> Iterator[tuple[str, str]]:
+    """``(engine, base_url)`` for each engine: the reference server runs in this
+    process (one per module), SGLang's is the shared one."""
+    if request.param == "sglang":
+        yield "sglang", shared_sglang_server().url
+        return
+    from server_helpers import server
+
+    with server() as h:
+        yield "reference", h.url
