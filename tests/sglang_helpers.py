@@ -22,8 +22,11 @@ from srt_ext.sglang_engine.launch import SGLangServer, SGLangServerConfig
 _SHARED: dict[str, SGLangServer] = {}
 
 # small pool (start-up time is spent allocating it otherwise), one OMP thread
-# per SGLang process (2 shared cores), the policy our streams use by default
-DEFAULT_CONFIG: dict[str, Any] = {"max_total_tokens": 4096, "threads": 1}
+# per SGLang process (2 shared cores), the policy our streams use by default, and
+# 64-token prefill chunks so a prompt of a few hundred tokens takes several steps
+# (as the reference engine's token budget in the exactness tests)
+DEFAULT_CONFIG: dict[str, Any] = {"max_total_tokens": 4096, "threads": 1,
+                                  "chunked_prefill_size": 64, "policy": "ours"}
 
 
 def shared_sglang_server(**overrides: Any) -> SGLangServer:

@@ -56,6 +56,15 @@ def test_append_stream_acks_and_result(srv, http):
     assert lines[-1] == "data: [DONE]" and '"output_ids"' in lines[-2]
 
 
+def test_final_chunk_sampling_params_replace_the_opening_ones(srv, http):
+    rid = _open(http, input_ids=prompt(37, 8))
+    r = http.post(f"/v1/streams/{rid}/chunks", json={
+        "input_ids": prompt(38, 4), "final": True,
+        "sampling_params": {"max_new_tokens": 2, **GREEDY}})  # fmt: skip
+    assert r.status_code == 200, r.text
+    assert len(http.get(f"/v1/streams/{rid}/result").json()["output_ids"]) == 2
+
+
 def test_open_without_input_then_chunks(srv, http):
     ids = prompt(32, 12)
     rid = _open(http)
