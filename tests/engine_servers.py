@@ -2,7 +2,7 @@
 both ``--engine reference`` and ``--engine sglang`` take ``engine_srv``.
 
 SGLang's server takes tens of seconds to start on 2 cores, so it is started
-once (session scope) and shared; tests leave it idle and leak-free (SGLang's
+once per session and shared with the other SGLang tests (``sglang_helpers``); tests leave it idle and leak-free (SGLang's
 own idle check aborts the scheduler on a KV pool leak, so a leaking test makes
 every later SGLang test fail). ``--chunked-prefill-size 64`` makes prompts of a
 few hundred tokens take several prefill steps, as the reference's token budget
@@ -80,13 +80,11 @@ def _reference() -> Iterator[EngineServer]:
 def _sglang() -> Iterator[EngineServer]:
     if importlib.util.find_spec("sglang") is None:
         pytest.skip("sglang is not installed")
-    from srt_ext.sglang_engine.launch import SGLangServer, SGLangServerConfig
+    from sglang_helpers import shared_sglang_server  # the session's one SGLang server
 
-    cfg = SGLangServerConfig(max_total_tokens=4096, chunked_prefill_size=64, threads=1,
-                             policy="ours")  # fmt: skip
-    with SGLangServer(cfg) as s:
-        yield EngineServer("sglang", s.url, s)
-        assert s.alive(), f"SGLang's server died during the tests:\n{s.log_tail(60)}"
+    s = shared_sglang_server()
+    yield EngineServer("sglang", s.url, s)
+    assert s.alive(), f"SGLang's server died during the tests:\n{s.log_tail(60)}"
 
 
 @pytest.fixture(scope="session", params=ENGINES)

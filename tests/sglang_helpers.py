@@ -25,8 +25,11 @@ from srt_ext.sglang_engine.launch import SGLangServer, SGLangServerConfig
 _SHARED: dict[str, SGLangServer] = {}
 
 # small pool (start-up time is spent allocating it otherwise), one OMP thread
-# per SGLang process (2 shared cores), the policy our streams use by default
-DEFAULT_CONFIG: dict[str, Any] = {"max_total_tokens": 4096, "threads": 1}
+# per SGLang process (2 shared cores), the policy our streams use by default, and
+# 64-token prefill chunks so a prompt of a few hundred tokens takes several steps
+# (as the reference engine's token budget in the exactness tests)
+DEFAULT_CONFIG: dict[str, Any] = {"max_total_tokens": 4096, "threads": 1,
+                                  "chunked_prefill_size": 64, "policy": "ours"}
 # every sgl_kernel stand-in call of the session's servers lands here (pid op)
 SGL_KERNEL_TRACE = Path(tempfile.gettempdir()) / f"stream2llm-sgl-kernel-{os.getpid()}.trace"
 

@@ -40,6 +40,9 @@ def test_append_stream_acks_and_result(srv, http):
     ids = prompt(31, 50)
     rid = _open(http, input_ids=ids[:20])
     srv.wait_pinned(20)
+    if srv.engine == "sglang":  # computed, then parked out of SGLang's queues (kv.park)
+        s = srv.stats()
+        assert s["streams_parked"] == 1 and s["kv_pinned_tokens"] == 20, s
     ack = http.post(f"/v1/streams/{rid}/chunks", json={"input_ids": ids[20:45]}).json()
     assert ack == {"rid": rid, "input_tokens": 45, "cached_tokens": 20, "invalidated_tokens": 0}
     ack = http.post(f"/v1/streams/{rid}/chunks", json={"input_ids": ids[45:], "final": True}).json()
@@ -51,6 +54,15 @@ def test_append_stream_acks_and_result(srv, http):
     with http.stream("GET", f"/v1/streams/{rid}/result", params={"stream": "true"}) as r:
         lines = [ln for ln in r.iter_lines() if ln.startswith("data: ")]
     assert lines[-1] == "data: [DONE]" and '"output_ids"' in lines[-2]
+
+
+def test_final_chunk_sampling_params_replace_the_opening_ones(srv, http):
+    rid = _open(http, input_ids=prompt(37, 8))
+    r = http.post(f"/v1/streams/{rid}/chunks", json={
+        "input_ids": prompt(38, 4), "final": True,
+        "sampling_params": {"max_new_tokens": 2, **GREEDY}})  # fmt: skip
+    assert r.status_code == 200, r.text
+    assert len(http.get(f"/v1/streams/{rid}/result").json()["output_ids"]) == 2
 
 
 def test_open_without_input_then_chunks(srv, http):

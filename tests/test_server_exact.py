@@ -82,7 +82,7 @@ def test_update_versions_equal_one_shot(srv, c, key):
         ack = c.send_chunk(rid, input_ids=v, final=i == len(vs) - 1)
         assert ack.input_tokens == len(v) and ack.cached_tokens <= len(v)
         if i == 1:  # the first version was all computed: KV kept exactly to the LCP
-            lcp = next((j for j, (a, b) in enumerate(zip(vs[0], v)) if a != b),
+            lcp = next((j for j, (a, b) in enumerate(zip(vs[0], v, strict=False)) if a != b),
                        min(len(vs[0]), len(v)))  # fmt: skip
             assert ack.cached_tokens == lcp and ack.invalidated_tokens == len(vs[0]) - lcp
     out = c.result(rid)["output_ids"]

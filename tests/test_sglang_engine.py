@@ -1,7 +1,8 @@
 """The SGLang-engine hooks, driven on CPU with SGLang 0.5.23's own objects:
 real ``Req``, ``PrefillAdder`` (our subclass), ``TokenToKVPoolAllocator``,
 ``ReqToTokenPool``, ``TypeBasedDispatcher``, msgpack IPC and ``HookRegistry``.
-The forward pass (and so ``ScheduleBatch.prepare_for_extend``) needs a GPU."""
+The scheduler loop itself (forward passes, parking of computed KV) runs in the
+SGLang server tests (test_engines_api.py, test_server_exact.py)."""
 
 from __future__ import annotations
 
@@ -28,8 +29,7 @@ from sglang.srt.server_args import ServerArgs
 from sglang.utils import TypeBasedDispatcher
 
 from radix_stream.tree import StreamingRadixCache
-from scheduler.cost_model import CostModel
-from srt_ext.sglang_engine import kv, state
+from srt_ext.sglang_engine import kv, lifecycle, state
 from srt_ext.sglang_engine.adder import StreamPrefillAdder, order_waiting_queue
 from srt_ext.sglang_engine.messages import (
     StreamAbortReq,
@@ -38,7 +38,11 @@ from srt_ext.sglang_engine.messages import (
     StreamOpenReq,
     install_stream_handlers,
 )
-from srt_ext.sglang_engine.retract import retract_mode, stream_retraction_order
+from srt_ext.sglang_engine.retract import (
+    retract_decode_around,
+    retract_mode,
+    stream_retraction_order,
+)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -64,8 +68,9 @@ def sched() -> SimpleNamespace:
     tree = StreamingRadixCache(CacheInitParams(
         disable=False, req_to_token_pool=rtp, token_to_kv_pool_allocator=alloc, page_size=1))
     s = SimpleNamespace(waiting_queue=[], tree_cache=tree, req_to_token_pool=rtp,
-                        allocator=alloc, chunked_req=None, running_batch=None,
-                        _request_dispatcher=TypeBasedDispatcher([]), aborted=[])
+                        allocator=alloc, token_to_kv_pool_allocator=alloc, chunked_req=None,
+                        running_batch=None, _request_dispatcher=TypeBasedDispatcher([]),
+                        aborted=[], abort_outputs=[], max_req_input_len=100)
 
     def handle_generate_request(recv: TokenizedGenerateReqInput) -> None:  # as SGLang's
         s.waiting_queue.append(Req(recv.rid, "", array("q", recv.input_ids),
@@ -75,8 +80,12 @@ def sched() -> SimpleNamespace:
         s.aborted.append(recv.rid)  # type: ignore[attr-defined]
         s.waiting_queue[:] = [r for r in s.waiting_queue if r.rid != recv.rid]  # type: ignore[attr-defined]
 
+    def send_abort_output(abort_req: object, req: Req) -> None:  # to the tokenizer side
+        s.abort_outputs.append((req.rid, abort_req.finished_reason))  # type: ignore[attr-defined]
+
     s.handle_generate_request = handle_generate_request
     s.abort_request = abort_request
+    s.send_abort_output = send_abort_output
     install_stream_handlers(s)
     return s
 
@@ -148,11 +157,58 @@ def test_abort_of_a_parked_stream_releases_its_pin(sched: SimpleNamespace) -> No
     t = state.table()
     kv.pin(tree, t.streams["p"], last)
     t.parked["p"] = req
-    sched._request_dispatcher(StreamAbortReq(rid="p"))
-    assert tree.protected_size() == 0 and "p" not in t.streams
+    out = sched._request_dispatcher(StreamAbortReq(rid="p"))
+    assert out.error is None and out.input_tokens == 3
+    assert tree.protected_size() == 0 and "p" not in t.streams and "p" not in t.parked
+    # SGLang's abort cannot see a parked request: we tell the tokenizer side ourselves
+    assert sched.abort_outputs == [("p", {"type": "abort", "message": "aborted by the client"})]
     q = _open(sched, "q", [4])
     sched._request_dispatcher(StreamAbortReq(rid="q"))  # queued: SGLang's abort path
-    assert sched.aborted == ["q"] and q not in sched.waiting_queue
+    assert sched.aborted == ["q"] and q not in sched.waiting_queue and "q" not in t.streams
+    assert sched._request_dispatcher(StreamAbortReq(rid="q")).status == 404
+
+
+def test_abort_all_reaches_parked_streams_and_flush_waits_for_them(sched: SimpleNamespace) -> None:
+    """``Scheduler.abort_request`` (AFTER hook) and ``flush_cache`` (AROUND hook):
+    a parked stream is in none of SGLang's queues."""
+    from sglang.srt.managers.io_struct import AbortReq
+
+    tree, alloc = sched.tree_cache, sched.allocator
+    req = _open(sched, "p", [1, 2, 3])
+    sched.waiting_queue.remove(req)
+    last, _ = tree.extend_from(tree.root_node, array("q", [1, 2, 3]), alloc.alloc(3), None)
+    t = state.table()
+    kv.pin(tree, t.streams["p"], last)
+    t.parked["p"] = req
+    flushed: list[bool] = []
+    assert lifecycle.flush_cache_around(lambda s: flushed.append(True) or True, sched) is False
+    assert not flushed and tree.protected_size() == 3  # a reset would free pinned KV
+    lifecycle.abort_request_after(None, sched, AbortReq(abort_all=True))
+    assert tree.protected_size() == 0 and not t.streams and [r for r, _ in sched.abort_outputs] == ["p"]
+    assert lifecycle.flush_cache_around(lambda s: True, sched) is True
+
+
+def test_stream_entries_end_with_their_request(sched: SimpleNamespace) -> None:
+    """Finished (output streamer) and SGLang-aborted (send_abort_output) streams
+    leave the table; one-shot requests never enter it."""
+    from sglang.srt.managers.schedule_batch import FINISH_LENGTH
+
+    a = _open(sched, "a", [1, 2], final=True)
+    b = _open(sched, "b", [3, 4])
+    c = _open(sched, "c", [5])
+    a.finished_reason = FINISH_LENGTH(length=4)
+    lifecycle.stream_output_after(None, None, [a, b])
+    assert set(state.table().streams) == {"b", "c"}  # b is not finished
+    lifecycle.send_abort_output_after(None, sched, None, c)
+    assert set(state.table().streams) == {"b"}
+    plain = [Req(f"g{i}", "", array("q", [7, i]), SamplingParams(max_new_tokens=1))
+             for i in range(50)]
+    sched.waiting_queue[:] = plain
+    for _ in range(3):
+        order_waiting_queue(sched.waiting_queue)
+    assert set(state.table().streams) == {"b"}  # no entry per one-shot request
+    t = state.table()
+    assert t.as_stream(plain[0]).seq == t.as_stream(plain[0]).seq  # stable while it lives
 
 
 def _adder(s: SimpleNamespace, chunk: int = 64) -> StreamPrefillAdder:
@@ -185,27 +241,63 @@ def test_plain_sglang_adder_would_sample_the_partial_request(sched: SimpleNamesp
     assert adder.new_chunked_req is None  # i.e. SGLang would sample it: why we subclass
 
 
-def test_policy_orders_the_waiting_queue(sched: SimpleNamespace) -> None:
-    a = _open(sched, "a", [1, 2])
-    _open(sched, "b", [3, 4], final=True)
-    c = _open(sched, "c", [5, 6])
-    plain = Req("plain", "", array("q", [7]), SamplingParams(max_new_tokens=1))
+def test_ours_orders_complete_inputs_by_remaining_work(sched: SimpleNamespace) -> None:
+    """``ours`` ranks complete inputs by remaining prefill minus aging from the
+    moment each became final (``final_s``): a 10-token input that arrived later
+    goes before a 100K-token one, and partial inputs go after both."""
+    big = _open(sched, "big", [1] * 100_000, final=True)
+    part = _open(sched, "part", [2, 3])
+    small = _open(sched, "small", [4] * 10, final=True)
+    plain = Req("plain", "", array("q", [7] * 20), SamplingParams(max_new_tokens=1))
     sched.waiting_queue.append(plain)
     order_waiting_queue(sched.waiting_queue)
+    assert [r.rid for r in sched.waiting_queue] == ["small", "plain", "big", "part"]
+    assert big in sched.waiting_queue and part in sched.waiting_queue and small is not big
+    # aging: 100K tokens are ~1.7 s of work at TOKENS_PER_S; after 20 s of waiting
+    # the big input outranks a newly complete short one
+    state.table().clock.t += 20.0
+    _open(sched, "late", [5] * 10, final=True)
+    order_waiting_queue(sched.waiting_queue)
     rids = [r.rid for r in sched.waiting_queue]
-    assert rids[:2] == ["b", "plain"] and set(rids[2:]) == {"a", "c"}
-    assert a in sched.waiting_queue and c in sched.waiting_queue
+    assert rids.index("big") < rids.index("late")
 
 
-def test_retraction_order_and_mode(sched: SimpleNamespace) -> None:
-    reqs = [_open(sched, r, [1] * n, final=True) for r, n in (("x", 4), ("y", 8), ("z", 2))]
-    order = stream_retraction_order(reqs)
+def test_retraction_victim_is_our_lowest_ranked(sched: SimpleNamespace) -> None:
+    """SGLang pops the last index: the victim is the request ``ours`` ranks lowest,
+    here the one with 2 s of prefill left, though it is not the newest; the input
+    complete for 30 s is kept first."""
     t = state.table()
-    keys = [t.key(reqs[i]) for i in order]
-    assert keys == sorted(keys)  # SGLang pops the last: our lowest-ranked request
-    assert order[-1] == 2  # opened last -> lowest priority under "ours" (by first chunk)
+    old = _open(sched, "old", [1] * 40, final=True)
+    t.clock.t += 30.0
+    big = _open(sched, "big", [1] * 120_000, final=True)
+    new = _open(sched, "new", [1] * 40, final=True)
+    assert stream_retraction_order([old, big, new]) == [0, 2, 1]
+
+
+def test_retract_mode_follows_the_cost_model(sched: SimpleNamespace) -> None:
+    reqs = [_open(sched, r, [1] * 4, final=True) for r in ("x", "y")]
     assert retract_mode(reqs[0]) == "recompute"  # no cost model: SGLang's only mode
-    t.cost_model = CostModel.load("h100-tp2-llama3-8b")
-    reqs[1].kv.kv_committed_len = 4096
-    expect = t.cost_model.recompute_or_swap(4096)
-    assert retract_mode(reqs[1]) == expect
+    # recompute costs 1 ms/token, a swap 50 ms flat: recompute below 50 tokens
+    state.table().cost_model = SimpleNamespace(prefill_s=lambda n: n * 1e-3,  # type: ignore[assignment]
+                                               swap_s=lambda n: 0.05)  # fmt: skip
+    reqs[0].kv.kv_committed_len, reqs[1].kv.kv_committed_len = 10, 1000
+    assert retract_mode(reqs[0]) == "recompute" and retract_mode(reqs[1]) == "swap"
+
+
+def test_retract_decode_around_counts_each_victims_decision(sched: SimpleNamespace) -> None:
+    """The AROUND hook decides before SGLang's release resets the KV counters."""
+    reqs = [_open(sched, r, [1] * 4, final=True) for r in ("x", "y", "z")]
+    state.table().cost_model = SimpleNamespace(prefill_s=lambda n: n * 1e-3,  # type: ignore[assignment]
+                                               swap_s=lambda n: 0.05)  # fmt: skip
+    for req, n in zip(reqs, (10, 1000, 2000), strict=True):
+        req.kv.kv_committed_len = n
+
+    def original(batch: SimpleNamespace) -> tuple[list, float, list]:
+        victims = batch.reqs[1:]  # what SGLang retracted
+        for r in victims:
+            r.kv.kv_committed_len = 0  # release_req resets it
+        return victims, 0.5, []
+
+    retracted, ratio, aborted = retract_decode_around(original, SimpleNamespace(reqs=reqs))
+    assert [r.rid for r in retracted] == ["y", "z"] and ratio == 0.5 and aborted == []
+    assert state.table().decisions == {"recompute": 0, "swap": 2}

@@ -217,9 +217,10 @@ def install_stream_handlers(scheduler: Any) -> None:
     """Add the stream handlers to ``scheduler._request_dispatcher`` (idempotent)."""
     register_message_types()
     table().scheduler = scheduler
-    scheduler._request_dispatcher += TypeBasedDispatcher([
+    handlers: list[tuple[type, Any]] = [
         (StreamOpenReq, partial(handle_stream_open, scheduler)),
         (StreamChunkReq, partial(handle_stream_chunk, scheduler)),
         (StreamAbortReq, partial(handle_stream_abort, scheduler)),
         (StreamStatsReq, partial(handle_stream_stats, scheduler)),
-    ])
+    ]
+    scheduler._request_dispatcher += TypeBasedDispatcher(handlers)
