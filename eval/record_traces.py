@@ -44,6 +44,9 @@ class LcpProfile:
     p10: float
     p50: float
     p90: float
+    changed_mean: float  # over updates that change the input (not a repeated final)
+    changed_p50: float
+    final_same: float  # share of multi-version queries whose final repeats the previous
     final_mean: float  # the final version vs the one before it (what TTFT must prefill)
     final_weighted: float  # sum of final LCPs / sum of final lengths
     versions_mean: float
@@ -60,16 +63,19 @@ def _lcp(a: Sequence[int], b: Sequence[int]) -> int:
 def lcp_profile(queries: Iterable[Query]) -> LcpProfile:
     """LCP statistics of update-mode token-id queries (single-version queries count
     towards the means of versions and lengths only)."""
-    shares, finals, fl, ft, nv = [], [], 0, 0, []
+    shares, changed, finals, same, fl, ft, nv = [], [], [], [], 0, 0, []
     for q in queries:
         vs = [c.token_ids or () for c in q.chunks]
         nv.append(len(vs))
         ft += len(vs[-1])
         for a, b in pairwise(vs):
             shares.append(_lcp(a, b) / max(len(b), 1))
+            if tuple(a) != tuple(b):
+                changed.append(shares[-1])
         if len(vs) > 1:
             lcp = _lcp(vs[-2], vs[-1])
             finals.append(lcp / max(len(vs[-1]), 1))
+            same.append(tuple(vs[-2]) == tuple(vs[-1]))
             fl += lcp
     if not nv:
         raise ValueError("no queries")
@@ -80,6 +86,9 @@ def lcp_profile(queries: Iterable[Query]) -> LcpProfile:
         p10=float(np.percentile(s, 10)),
         p50=float(np.percentile(s, 50)),
         p90=float(np.percentile(s, 90)),
+        changed_mean=float(np.mean(changed)) if changed else math.nan,
+        changed_p50=float(np.median(changed)) if changed else math.nan,
+        final_same=float(np.mean(same)) if same else math.nan,
         final_mean=float(np.mean(finals)) if finals else math.nan,
         final_weighted=fl / max(ft, 1),
         versions_mean=float(np.mean(nv)),
@@ -240,6 +249,8 @@ def run(args: argparse.Namespace) -> int:
         p = lcp_profile(qs)
         rows.append({"trace": name, "versions": p.versions_mean, "updates": p.updates,
                      "shared_mean": p.mean, "p10": p.p10, "p50": p.p50, "p90": p.p90,
+                     "changed_mean": p.changed_mean, "changed_p50": p.changed_p50,
+                     "final_repeats": p.final_same,
                      "final_vs_prev": p.final_mean, "final_weighted": p.final_weighted,
                      "final_tokens": p.final_tokens_mean})
     print(format_table(rows, list(rows[0])))

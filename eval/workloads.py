@@ -115,6 +115,12 @@ CRAWLER_GAP_RHO = 0.2
 ANNS_NEGBIN = (2.0, 3.42)  # versions = 1 + NegBinomial(r, mean): mean 4.42, median 4
 ANNS_TOPK = 10  # documents per version
 ANNS_NEW_DOCS_P = 0.2  # per version: 1 + Binomial(k - 1, p) new documents enter the pool
+# Share of multi-version queries whose final version repeats the previous one: a
+# best-first (DiskANN-style) search stops changing its top-k before it knows it has
+# converged, so the final emission, sent when the search ends, carries the same pool.
+# Measured with the paper's driver on our corpora (eval/record_traces.py, `beam`):
+# 100% of queries (docs/workloads.md, "LCP between versions").
+ANNS_FINAL_REPEAT = 1.0
 
 
 def _betabinom_cdf(n: int, a: float, b: float) -> np.ndarray:
@@ -207,7 +213,8 @@ def _anns(rng: np.random.Generator, ids: _Ids, fit: Fit) -> _Drawn:
 
     Forward in time, each step inserts m new candidates at random pool positions and drops
     the last m; backwards, we remove m positions and re-append m older documents. The
-    shared prefix of two versions ends at the first inserted position.
+    shared prefix of two versions ends at the first inserted position. The final version
+    repeats the one before it (``ANNS_FINAL_REPEAT``): the search's end-of-search emission.
     """
     r, mean = ANNS_NEGBIN
     n = min(1 + int(rng.negative_binomial(r, r / (r + mean))), fit.max_chunks)
@@ -217,7 +224,10 @@ def _anns(rng: np.random.Generator, ids: _Ids, fit: Fit) -> _Drawn:
     pool = [ids.draw(s) for s in _split(rng, body, ANNS_TOPK)]
     question = ids.draw(q_len)
     versions = [list(pool)]
-    for _ in range(n - 1):
+    repeat = n > 1 and (ANNS_FINAL_REPEAT >= 1.0 or rng.random() < ANNS_FINAL_REPEAT)
+    if repeat:  # the search ended without changing the pool: the final repeats it
+        versions.append(list(pool))
+    for _ in range(n - 1 - int(repeat)):
         m = 1 + int(rng.binomial(ANNS_TOPK - 1, ANNS_NEW_DOCS_P))
         drop = set(rng.choice(ANNS_TOPK, size=m, replace=False).tolist())
         older = [d for i, d in enumerate(versions[-1]) if i not in drop]

@@ -20,7 +20,10 @@ def test_lcp_profile_counts_prefix_of_the_new_version() -> None:
     p = lcp_profile([a, b])
     assert p.updates == 2
     assert p.mean == pytest.approx((2 / 8 + 7 / 8) / 2)
-    assert p.final_mean == pytest.approx(7 / 8)
+    assert p.final_mean == pytest.approx(7 / 8) and p.final_same == 0.0
+    assert p.changed_mean == pytest.approx(p.mean)
+    rep = lcp_profile([_q("c", [[1, 2], [1, 3, 4, 5], [1, 3, 4, 5]])])
+    assert rep.final_same == 1.0 and rep.changed_mean == pytest.approx(1 / 4)
     assert p.final_weighted == pytest.approx(7 / (8 + 2))
     assert p.versions_mean == 2.0 and p.final_tokens_mean == 5.0
 
