@@ -138,21 +138,25 @@ def test_smollm_chunked_and_batched_logits_bit_identical(smol, n, cuts, seed):
 
 def test_smollm_decode_equals_recompute_and_streams_agree(smol):
     """Generated tokens are decode rows in one run and prefill rows when a
-    recompute preemption re-prefills them: same bits either way."""
+    recompute preemption re-prefills them: bit-identical logits either way."""
     ids = ids_for(8, 150, smol.vocab_size)
     want = greedy_generate(smol, ids, 8)
-    streams = [
-        DrivenStream("x", ids, [37, 1, 112], 8),
-        DrivenStream("y", ids[:90], [90], 8),
-    ]
+    streams = [DrivenStream("x", ids, [37, 1, 112], 8), DrivenStream("y", ids[:90], [90], 8)]
     outs = run_streams(smol, streams)
     assert outs["x"] == want and outs["y"] == greedy_generate(smol, ids[:90], 8)
-    seq = ids + want[:-1]
-    alloc = smol.allocator
+    alloc, seq = smol.allocator, ids + want
     slots = alloc.alloc(len(seq))
-    (full,) = smol.logits([ForwardItem("r", seq, 0, slots[:0], slots, True)])
+    (lg,) = smol.logits([ForwardItem("d", ids, 0, slots[:0], slots[:150], True)])
+    decoded = [lg]
+    for p in range(150, len(seq) - 1):  # decode steps, one token each
+        (lg,) = smol.logits([ForwardItem("d", [seq[p]], p, slots[:p], slots[p : p + 1], True)])
+        decoded.append(lg)
     alloc.free(slots)
-    assert int(full.argmax()) == want[-1]
+    for n in (151, 154, len(seq) - 1):  # re-prefill prompt + generated tokens at once
+        fresh = alloc.alloc(n)
+        (full,) = smol.logits([ForwardItem("r", seq[:n], 0, fresh[:0], fresh, True)])
+        alloc.free(fresh)
+        assert torch.equal(full, decoded[n - 150])
 
 
 def test_float32_path_tracks_float64(smol, tmp_path):

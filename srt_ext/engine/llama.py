@@ -189,14 +189,25 @@ class LlamaModel:
         attn_candidates = tuple(sorted({*LM_SIZES[2:], *DENSE_SIZES[2:], gs * block}))
         attn_candidates = tuple(s for s in attn_candidates if s <= gs * block)
         q1 = self._rnd(gen, a.num_kv_heads, 1, a.head_dim)
-        kv_len = 3 * block
-        keys = self._rnd(gen, a.num_kv_heads, kv_len, a.head_dim)
-        values_t = self._rnd(gen, a.num_kv_heads, a.head_dim, kv_len)
+        # key lengths: a kernel may block its reduction differently past some length
+        top = -(-self.cos.shape[0] // block) * block
+        kv_lens = sorted({min(k * block, top) for k in (1, 3, 16, 64)})
+        kvs = [
+            (
+                self._rnd(gen, a.num_kv_heads, n, a.head_dim),
+                self._rnd(gen, a.num_kv_heads, a.head_dim, n),
+            )
+            for n in kv_lens
+        ]
 
         def attn_op(m: int) -> list[torch.Tensor]:
-            pos = torch.full((m,), kv_len - block // 2, dtype=torch.int64, device=self.device)
-            qt = q1.expand(-1, m, -1).contiguous()
-            return [attend(qt, pos, keys, values_t, self.scale, block, self.mm).transpose(0, 1)]
+            qt, outs = q1.expand(-1, m, -1).contiguous(), []
+            for keys, values_t in kvs:
+                n = keys.shape[1]
+                pos = torch.full((m,), n - block // 2, dtype=torch.int64, device=self.device)
+                o = attend(qt, pos, keys, values_t, self.scale, block, self.mm)
+                outs.append(o.transpose(0, 1))
+            return outs
 
         dense = common_sizes([consistent_sizes(dense_op, DENSE_SIZES)])
         lm = consistent_sizes(lm_op, LM_SIZES)
