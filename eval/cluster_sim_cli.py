@@ -2,10 +2,10 @@
 
     stream2llm sim-cluster --workload crawler --qps-per-replica 4 --replicas 1,8,64 \\
         --queries-per-replica 40 --policies random,round_robin,least_kv,stream_aware \\
-        --hot-fraction 0.25 [--json out.json]
+        --hot-share 1 [--kv-capacity-tokens N] [--json out.json]
 
-For each R, scenario (``uniform``; ``hot``: ``--hot-fraction`` of the queries pinned
-to replica 0, R > 1 only) and routing policy, the same queries are routed and
+For each R, scenario (``uniform``; ``hot``: queries worth ``--hot-share`` fair shares
+pinned to replica 0, R > 1 only) and routing policy, the same queries are routed and
 simulated streaming and non-streaming (eval/cluster_sim.py). Prints one row per
 (R, scenario, policy): pooled TTFT percentiles of both, the streaming speedup at
 P50/P99, preemptions of both, and the busiest replica's share over a fair share.
@@ -28,12 +28,17 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--delay-multiplier", type=float, default=1.0)
     p.add_argument("--replicas", default="1,8,64", help="comma-separated cluster sizes")
     p.add_argument("--queries-per-replica", type=int, default=40)
+    p.add_argument("--min-queries", type=int, default=640,
+                   help="at least this many queries per run (small R: enough for a P99)")
     p.add_argument("--policies", default="random,round_robin,least_kv,stream_aware")
-    p.add_argument("--hot-fraction", type=float, default=0.25,
-                   help="skewed scenario: this share of queries is pinned to replica 0")
+    p.add_argument("--hot-share", type=float, default=1.0,
+                   help="skewed scenario: queries worth this many fair shares are pinned to "
+                        "replica 0 (sticky sessions), the rest routed by the policy")
     p.add_argument("--scheduler", default="fcfs", help="each replica's streaming policy")
     p.add_argument("--hardware", default="h200-tp2-llama3-8b")
     p.add_argument("--token-budget", type=int, default=None)
+    p.add_argument("--kv-capacity-tokens", type=int, default=None,
+                   help="each replica's KV pool (default: the hardware profile's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", dest="json_out", default=None)
     p.add_argument("--quiet", action="store_true")
@@ -65,15 +70,15 @@ def run(args: argparse.Namespace) -> int:
     rows, raw = [], []
     bar = tqdm(total=len(plan) * len(policies) * 2, desc="sim-cluster", disable=args.quiet)
     for r, scenario in plan:
-        queries = load_workload(args.workload, qps=args.qps_per_replica * r,
-                                num_queries=args.queries_per_replica * r, seed=args.seed,
-                                delay_multiplier=args.delay_multiplier)  # fmt: skip
-        hot = args.hot_fraction if scenario == "hot" else 0.0
+        n = max(args.queries_per_replica * r, args.min_queries)
+        queries = load_workload(args.workload, qps=args.qps_per_replica * r, num_queries=n,
+                                seed=args.seed, delay_multiplier=args.delay_multiplier)  # fmt: skip
+        hot = min(1.0, args.hot_share / r) if scenario == "hot" else 0.0
         for policy in policies:
             out: dict[bool, Any] = {}
             for streaming in (False, True):
                 sim = SimConfig(policy=args.scheduler, hardware=args.hardware, token_budget=budget,
-                                streaming=streaming)  # fmt: skip
+                                streaming=streaming, kv_capacity_tokens=args.kv_capacity_tokens)  # fmt: skip
                 cfg = ClusterConfig(r, policy, hot, args.seed, sim)
                 out[streaming] = simulate_cluster(queries, cfg, cm)
                 bar.update(1)

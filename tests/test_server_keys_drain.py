@@ -37,11 +37,15 @@ def test_limits_count_per_api_key(tmp_path):
 
 
 def test_bad_api_key_file_is_a_clear_error(tmp_path):
+    from srt_ext.serve_cli import check_args
+    from stream2llm.cli import build_parser
+
     bad = tmp_path / "keys"
-    bad.write_text("alice\n")
-    r = subprocess.run([sys.executable, "-m", "stream2llm.cli", "serve", "--api-key-file", str(bad)],
-                       capture_output=True, text=True, timeout=120)  # fmt: skip
-    assert r.returncode == 2 and "expected 'NAME KEY'" in r.stderr
+    bad.write_text("alice ka\nbob\n")
+    args = build_parser("serve").parse_args(["serve", "--api-key-file", str(bad)])
+    assert "keys:2: expected 'NAME KEY'" in (check_args(args) or "")
+    bad.write_text("alice ka\nbob ka\n")
+    assert "repeats the key of alice" in (check_args(args) or "")
 
 
 def test_plain_reader_disconnect_aborts():
@@ -75,6 +79,7 @@ def prefill_pair():
     dec.wait(30)
 
 
+@pytest.mark.slow
 def test_prefill_server_drains_on_sigterm(prefill_pair):
     h = prefill_pair
     _wait_healthy(h, 300)

@@ -22,6 +22,7 @@ import logging
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -91,20 +92,20 @@ def create_gateway_app(router_url: str, replica_urls: list[str] | None = None,
                        timeout: float = 3600.0) -> FastAPI:  # fmt: skip
     """The gateway (module doc); ``replica_urls`` only feed ``/health`` and ``/v1/stats``."""
     gw = GatewayState(router_url.rstrip("/"), list(replica_urls or []))
-    app = FastAPI(title="stream2llm cluster gateway")
-    app.state.gw = gw
 
-    @app.on_event("startup")
-    async def _start() -> None:
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         limits = httpx.Limits(max_connections=None, max_keepalive_connections=200)
         gw.http = httpx.AsyncClient(timeout=httpx.Timeout(timeout, connect=10.0), limits=limits)
-
-    @app.on_event("shutdown")
-    async def _stop() -> None:
-        for t in list(gw.leases):
-            t.cancel()
-        if gw.http is not None:
+        try:
+            yield
+        finally:
+            for t in list(gw.leases):
+                t.cancel()
             await gw.http.aclose()
+
+    app = FastAPI(title="stream2llm cluster gateway", lifespan=lifespan)
+    app.state.gw = gw
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
