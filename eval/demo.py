@@ -31,8 +31,10 @@ from pathlib import Path
 from typing import Any
 
 # Questions of the shipped set whose gold passage is among the first 160 corpus
-# passages (the index the demo builds), with short passages: the demo has minutes.
-DEMO_QUESTIONS = ("q02", "q07", "q46", "q03", "q06")
+# passages (the index the demo builds) and that SmolLM2-135M answers correctly from
+# its top-2 vector-search context (12 of those 26 questions; docs/performance.md).
+# The whole set's accuracy, unselected, is `stream2llm eval-quality` (docs/quality.md).
+DEMO_QUESTIONS = ("q06", "q01", "q10", "q03", "q54", "q60")
 INDEX_LIMIT = 160
 
 
@@ -172,8 +174,8 @@ def run(args: argparse.Namespace) -> int:
     wanted = args.question_ids.split(",") if args.question_ids else list(DEMO_QUESTIONS)
     questions = pick_questions(wanted[: 1 if args.quick else args.questions],
                                {p.id for p in load_corpus(None, limit=args.limit)})
-    k = 2 if args.quick else args.k
-    new = min(args.max_new_tokens, 8) if args.quick else args.max_new_tokens
+    k = args.k
+    new = args.max_new_tokens
     sampling = {"max_new_tokens": new, "temperature": 0.0}
     rows, timeline, same, correct = [], [], [], []
     with tempfile.TemporaryDirectory(prefix="s2l-demo-site-") as site_dir:
@@ -245,7 +247,7 @@ def _timeline(label: str, r: StreamRun, s_ttft: float, n_ttft: float) -> list[di
 
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("demo", help="the streaming RAG demo on the default model (CPU)")
-    p.add_argument("--quick", action="store_true", help="one question, two passages")
+    p.add_argument("--quick", action="store_true", help="one question")
     p.add_argument("--questions", type=int, default=3, help="how many demo questions")
     p.add_argument("--question-ids", help="comma-separated ids from eval/data/qa_builtin.jsonl")
     p.add_argument("--model-path", help="smollm2-135m-instruct (default), tiny-random, or a "
@@ -253,8 +255,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--prompt", choices=("chat", "plain"), default="chat",
                    help="chat: the model's chat template (default); plain: no template")
     p.add_argument("--limit", type=int, default=INDEX_LIMIT, help="passages to index")
-    p.add_argument("-k", type=int, default=3, help="passages / pages in the final context")
-    p.add_argument("--max-new-tokens", type=int, default=16)
+    p.add_argument("-k", type=int, default=2, help="passages / pages in the final context")
+    p.add_argument("--max-new-tokens", type=int, default=24)
     p.add_argument("--max-total-tokens", type=int, default=16384, help="KV pool size")
     p.add_argument("--threads", type=int, default=0, help="torch threads in the worker")
     p.add_argument("--out", default="out/demo", help="where the timeline PNG goes")

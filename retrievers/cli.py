@@ -91,7 +91,7 @@ def _layout_or_fail(args: argparse.Namespace) -> Any:
     try:
         return layout_from_args(args)
     except ChatTemplateError as exc:
-        return _fail(f"{exc} (or pass --prompt plain)")
+        return _fail(str(exc))
     except ModelStoreError as exc:
         return _fail(str(exc))
 

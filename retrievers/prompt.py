@@ -105,7 +105,8 @@ class PromptLayout:
         if not template:
             raise ChatTemplateError(
                 f"{d} has no chat template (tokenizer_config.json 'chat_template' or "
-                "chat_template.jinja); use an instruction-tuned checkpoint or PLAIN_LAYOUT"
+                "chat_template.jinja); use an instruction-tuned checkpoint, or --prompt plain "
+                "(PLAIN_LAYOUT)"
             )
         return cls.from_chat_template(template, system)
 
