@@ -243,7 +243,9 @@ def plot(rows: list[Row], path: str) -> None:
         target = 50 if kind == "prefill" else 50  # decode: 2x the read bound = 50 %
         ax.axhline(target, color="grey", ls="--", lw=1)
         ax.set_xlabel("chunk tokens" if kind == "prefill" else "decode batch")
-        ax.set_ylabel("% of bound" + (" (FLOP, fp32 GEMM)" if kind == "prefill" else " (read)"))
+        ax.set_ylabel(
+            "% of bound" + (" (FLOP, fp32 GEMM)" if kind == "prefill" else " (read, own dtype)")
+        )
         ax.set_title(kind)
         ax.legend(fontsize=8)
     fig.tight_layout()

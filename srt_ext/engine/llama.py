@@ -11,7 +11,6 @@ fast layout (one packed matrix, GPU bf16).
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -19,7 +18,6 @@ import torch
 import torch.nn.functional as F
 
 from srt_ext.engine.attention import (
-    attend,
     batched_decode_attention,
     blocked_attention,
     sdpa_attention,
@@ -27,11 +25,9 @@ from srt_ext.engine.attention import (
 )
 from srt_ext.engine.config import LlamaArch, rope_table
 from srt_ext.engine.dense import Linear, make_linear, mkl_mm, onednn_mm, onednn_packing_available
-from srt_ext.engine.probe import common_sizes, consistent_sizes
 from srt_ext.engine.tiles import RowLayout, pack_by_position, pack_dense, pack_fixed, pack_sized
 from srt_ext.engine.weights import load_weights
 
-log = logging.getLogger(__name__)
 ROPE_CHUNK = 128  # table rows built per op, so a row never depends on the table size
 # sized layout candidates: dense tiles (prefill rows fill the big ones, decode the
 # small ones), LM-head tiles (one row per sampling request) and attention row counts
@@ -159,98 +155,17 @@ class LlamaModel:
             if not self.plan.sized:
                 self.rows_independent = self.check_rows_independent()
 
-    # --- exact-path probes -----------------------------------------------------
+    # --- exact-path probes (exact_plan.py) --------------------------------------
 
-    def _rnd(self, gen: torch.Generator, *shape: int) -> torch.Tensor:
-        return torch.randn(*shape, generator=gen, dtype=torch.float64).to(self.device, self.dtype)
-
-    @torch.no_grad()
     def probe_plan(self, want_sized: bool) -> ExactPlan:
-        """Tile sizes for the sized layout, from probing this process's kernels
-        (layer 0's ops, the LM head, attention); position layout if it fails."""
-        threads = torch.get_num_threads()
-        if not want_sized:
-            return ExactPlan(None, None, None, threads)
-        a, gen, ops = self.arch, torch.Generator().manual_seed(0), self.layers[0]
-        x, at = self._rnd(gen, a.hidden_size), self._rnd(gen, a.num_heads, a.head_dim)
+        from srt_ext.engine.exact_plan import probe_plan
 
-        def dense_op(m: int) -> list[torch.Tensor]:
-            pos = torch.full((m,), 7, dtype=torch.int64, device=self.device)
-            xs = x.expand(m, -1).contiguous()
-            outs = list(self._pre(ops, xs, self.cos[pos], self.sin[pos]))
-            return outs + [self._post(ops, xs, at.expand(m, -1, -1).contiguous())]
+        return probe_plan(self, want_sized)
 
-        def lm_op(m: int) -> list[torch.Tensor]:
-            return [
-                self.lm_head(rms_norm(x.expand(m, -1).contiguous(), self.w.norm, a.rms_norm_eps))
-            ]
-
-        block, gs = SIZED_ATTN_BLOCK, a.group_size
-        attn_candidates = tuple(sorted({*LM_SIZES[2:], *DENSE_SIZES[2:], gs * block}))
-        attn_candidates = tuple(s for s in attn_candidates if s <= gs * block)
-        q1 = self._rnd(gen, a.num_kv_heads, 1, a.head_dim)
-        # key lengths: a kernel may block its reduction differently past some length
-        top = -(-self.cos.shape[0] // block) * block
-        kv_lens = sorted({min(k * block, top) for k in (1, 3, 16, 64)})
-        kvs = [
-            (
-                self._rnd(gen, a.num_kv_heads, n, a.head_dim),
-                self._rnd(gen, a.num_kv_heads, a.head_dim, n),
-            )
-            for n in kv_lens
-        ]
-
-        def attn_op(m: int) -> list[torch.Tensor]:
-            qt, outs = q1.expand(-1, m, -1).contiguous(), []
-            for keys, values_t in kvs:
-                n = keys.shape[1]
-                pos = torch.full((m,), n - block // 2, dtype=torch.int64, device=self.device)
-                o = attend(qt, pos, keys, values_t, self.scale, block, self.mm)
-                outs.append(o.transpose(0, 1))
-            return outs
-
-        dense = common_sizes([consistent_sizes(dense_op, DENSE_SIZES)])
-        lm = consistent_sizes(lm_op, LM_SIZES)
-        attn = consistent_sizes(attn_op, attn_candidates)
-        if not dense or dense[0] > 8 or not lm or lm[0] > 8 or not attn or attn[-1] < gs * block:
-            log.warning(
-                "exact path: kernels are not row-count invariant here (dense %s, lm %s, attn %s);"
-                " using the slower position layout", dense, lm, attn,
-            )  # fmt: skip
-            return ExactPlan(None, None, None, threads)
-        return ExactPlan(dense, lm, attn, threads)
-
-    @torch.no_grad()
     def check_rows_independent(self) -> bool:
-        """Position layout: does a tile op's result for a row depend on the
-        row's index in the tile? (Same fixed shape, so never on the other rows'
-        contents.) If all rows agree, tiles are filled densely; else p % tile."""
-        a = self.arch
-        gen = torch.Generator().manual_seed(0)
-        x, attn, ops = (
-            self._rnd(gen, a.hidden_size),
-            self._rnd(gen, a.num_heads, a.head_dim),
-            self.layers[0],
-        )
-        seen: list[list[torch.Tensor]] = []
-        for tile in (self.tile_rows, self.lm_tile_rows):
-            for r in range(tile):
-                xs, at = (
-                    self._rnd(gen, tile, a.hidden_size),
-                    self._rnd(gen, tile, a.num_heads, a.head_dim),
-                )
-                pos = torch.randint(0, self.cos.shape[0], (tile,), generator=gen).to(self.device)
-                xs[r], at[r], pos[r] = x, attn, 7
-                if tile == self.tile_rows:
-                    outs = [t[r] for t in self._pre(ops, xs, self.cos[pos], self.sin[pos])]
-                    outs.append(self._post(ops, xs, at)[r])
-                else:
-                    outs = [self.lm_head(rms_norm(xs, self.w.norm, a.rms_norm_eps))[r]]
-                if r and not all(torch.equal(o, p) for o, p in zip(outs, seen[-1], strict=True)):
-                    return False
-                seen.append(outs)
-            seen.clear()
-        return True
+        from srt_ext.engine.exact_plan import check_rows_independent
+
+        return check_rows_independent(self)
 
     # --- forward ---------------------------------------------------------------
 
