@@ -49,6 +49,7 @@ class Settings:
     search_delay_s: float = 0.4  # per refinement step: a remote vector store's latency
     page_delay_s: float = 0.3  # per page: a web server's response time
     seeds: int = 4  # search results the crawl starts from
+    shards: int = 2  # progressive search: shards answer in turn, then the exact scan
     curve: bool = True  # also answer after each non-final chunk
 
 
@@ -139,9 +140,11 @@ class QualityRun:
     """Answers questions through one server at ``url`` (see the module docstring)."""
 
     def __init__(self, url: str, tokenize: Tokenize, settings: Settings, index: Any,
-                 search: Any, site_paths: dict[str, str]) -> None:  # fmt: skip
+                 search: Any, site_paths: dict[str, str], layout: Any = None) -> None:  # fmt: skip
+        from retrievers.prompt import PLAIN_LAYOUT
         from srt_ext.client import Client
 
+        self.layout = layout if layout is not None else PLAIN_LAYOUT  # retrievers/prompt.py
         self.url, self.tokenize, self.s = url, tokenize, settings
         self.index, self.search, self.paths = index, search, site_paths
         self.client = Client(url)
@@ -161,8 +164,9 @@ class QualityRun:
             def on_version(v: Version) -> None:
                 live.chunk_passages.append(v.ids)
 
-            return search_chunks(self.index, q.question, k=self.s.k,
-                                 step_delay_s=self.s.search_delay_s, on_version=on_version)
+            return search_chunks(self.index, q.question, k=self.s.k, n_shards=self.s.shards,
+                                 step_delay_s=self.s.search_delay_s, on_version=on_version,
+                                 layout=self.layout)
         pages: list[str] = []
 
         def on_page(p: Page) -> None:
@@ -173,7 +177,7 @@ class QualityRun:
         seeds = self.search.search(q.question, self.s.seeds)
         cfg = CrawlConfig(per_host_concurrency=1)  # pages in seed order: repeatable runs
         return crawl_chunks(seeds, q.question, max_pages=self.s.k, max_depth=1, config=cfg,
-                            on_page=on_page)
+                            on_page=on_page, layout=self.layout)
 
     async def _stream(self, retriever: str, q: QAItem) -> _Live:
         from srt_ext.client import AsyncClient
@@ -229,3 +233,13 @@ class QualityRun:
             same_output=live.result["output_ids"] == one["output_ids"],
             stream_text=live.result["text"], points=points,
         )
+
+
+def records_from_json(rows: list[dict[str, Any]]) -> list[Record]:
+    """Records back from :meth:`Record.to_json` output (re-rendering a saved run)."""
+    out = []
+    for row in rows:
+        pts = [Point(**{k: v for k, v in p.items() if k != "first_token_s"})
+               for p in row["points"]]
+        out.append(Record(**{**row, "points": pts}))
+    return out

@@ -41,6 +41,52 @@ def load_or_build_index(passages: list[Any]) -> Any:
     return index
 
 
+def write_report(out: Path, meta: dict[str, Any], records: list[Any], wall_s: float,
+                 answer_s: float, complete: bool) -> dict[str, Any]:  # fmt: skip
+    """``out/quality.json``: the setup, summary, curve and every record."""
+    from eval.quality_report import curve, summarize
+
+    report = {**meta, "complete": complete, "records_done": len(records), "wall_s": wall_s,
+              "answer_s": answer_s, "summary": summarize(records), "curve": curve(records),
+              "records": [r.to_json() for r in records]}
+    tmp = out / "quality.json.tmp"
+    tmp.write_text(json.dumps(report, indent=1) + "\n")
+    tmp.replace(out / "quality.json")
+    return report
+
+
+def show(report: dict[str, Any], out: Path) -> int:
+    """Print the tables, draw the PNG; returns how many outputs were identical."""
+    from eval.quality import records_from_json
+    from eval.quality_report import plot_curve, tables
+
+    records = records_from_json(report["records"])
+    print(tables(records))
+    same = sum(r.same_output for r in records)
+    print(f"identical outputs streaming vs non-streaming: {same}/{len(records)}")
+    print(f"model {report['model']} ({report['prompt']} prompt); {len(records)} answers "
+          f"({report['questions']} questions x {len(report['retrievers'])} retrievers"
+          f"{'' if report.get('complete', True) else ', run stopped early'}) in "
+          f"{report['wall_s']:.0f} s ({report['answer_s']:.0f} s answering)")
+    print(f"json: {out / 'quality.json'}")
+    if report["curve"]:
+        print(f"plot: {plot_curve(report['curve'], out / 'quality_curve.png')}")
+    return same
+
+
+def render(args: argparse.Namespace) -> int:
+    """--from-json: tables and plot again from a saved run (a stopped one too)."""
+    path = Path(args.from_json)
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        return _fail(f"cannot read {path}: {exc}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    same = show(report, out)
+    return 0 if same == report["records_done"] else 1
+
+
 def _fail(msg: str) -> int:
     print(f"stream2llm eval-quality: error: {msg}", file=sys.stderr)
     return 2
@@ -52,16 +98,17 @@ def run(args: argparse.Namespace) -> int:
 
     from eval.qa_data import QuestionSetError, load_questions
     from eval.quality import RETRIEVERS, QualityRun, Settings
-    from eval.quality_report import curve, plot_curve, summarize, tables
     from eval.quality_site import SiteSearch, generate_corpus_site, serve_corpus_site
     from retrievers.corpus import builtin_passages
     from srt_ext.launch import launch_server
     from srt_ext.server import resolve_model_path
 
+    if args.from_json:
+        return render(args)
     if args.limit is not None and args.limit < 1:
         return _fail("--limit must be >= 1")
-    if args.k < 1 or args.max_new_tokens < 1:
-        return _fail("-k and --max-new-tokens must be >= 1")
+    if min(args.k, args.max_new_tokens, args.shards) < 1:
+        return _fail("-k, --max-new-tokens and --shards must be >= 1")
     retrievers = args.retrievers.split(",")
     bad = [r for r in retrievers if r not in RETRIEVERS]
     if bad:
@@ -74,6 +121,7 @@ def run(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     settings = Settings(k=args.k, max_new_tokens=args.max_new_tokens,
                         search_delay_s=args.search_delay, page_delay_s=args.page_delay,
+                        shards=args.shards,
                         curve=not args.no_curve)
     t_start = time.monotonic()
     if args.index:
@@ -85,46 +133,41 @@ def run(args: argparse.Namespace) -> int:
             return _fail(str(exc))
     else:
         index = load_or_build_index(passages)
+    from retrievers.cli import layout_from_args
+
     model = resolve_model_path(args.model_path)
+    layout = layout_from_args(args)  # the model's chat template (or --prompt plain)
     tok = AutoTokenizer.from_pretrained(model)
     tok.model_max_length = 1 << 30  # the server checks the model's context, not the tokenizer
 
     def tokenize(text: str) -> list[int]:
         return list(tok(text, add_special_tokens=False)["input_ids"])
 
-    records = []
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {"model": str(model), "prompt": args.prompt, "settings": asdict(settings),
+            "questions": len(questions), "retrievers": retrievers}
+    records: list[Any] = []
     with tempfile.TemporaryDirectory(prefix="s2l-corpus-site-") as root:
         paths = generate_corpus_site(root, passages)
         with launch_server(model_path=args.model_path, max_total_tokens=args.max_total_tokens,
-                           threads=args.threads) as srv, \
+                           threads=args.threads, token_budget=args.token_budget) as srv, \
                 serve_corpus_site(root, delay_s=settings.page_delay_s) as site:
             t_ready = time.monotonic()
             runner = QualityRun(srv.url, tokenize, settings, index, SiteSearch(passages, site),
-                                paths)
+                                paths, layout)
             try:
                 jobs = [(q, r) for q in questions for r in retrievers]
                 for q, r in tqdm(jobs, desc="questions x retrievers", unit="q"):
                     records.append(runner.answer(r, q))
+                    # written as it goes: a run stopped early keeps what it measured
+                    write_report(out, meta, records, time.monotonic() - t_start,
+                                 time.monotonic() - t_ready, complete=False)
             finally:
                 runner.close()
-    wall = time.monotonic() - t_start
-    print(tables(records))
-    same = sum(r.same_output for r in records)
-    print(f"identical outputs streaming vs non-streaming: {same}/{len(records)}")
-    print(f"model {model}; {len(questions)} questions x {len(retrievers)} retrievers in "
-          f"{wall:.0f} s ({time.monotonic() - t_ready:.0f} s answering)")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    report = {
-        "model": str(model), "settings": asdict(settings), "questions": len(questions),
-        "retrievers": retrievers, "wall_s": wall, "answer_s": time.monotonic() - t_ready,
-        "summary": summarize(records), "curve": curve(records),
-        "records": [r.to_json() for r in records],
-    }
-    (out / "quality.json").write_text(json.dumps(report, indent=1) + "\n")
-    print(f"json: {out / 'quality.json'}")
-    if report["curve"]:
-        print(f"plot: {plot_curve(report['curve'], out / 'quality_curve.png')}")
+    report = write_report(out, meta, records, time.monotonic() - t_start,
+                          time.monotonic() - t_ready, complete=True)
+    same = show(report, out)
     return 0 if same == len(records) else 1
 
 
@@ -136,16 +179,28 @@ def add_parser(sub: Any) -> None:
                    help="comma-separated: search (HNSW, update mode), crawl (append mode)")
     p.add_argument("--index", help="a prebuilt HNSW index dir (`stream2llm index build`; "
                    "default: one over the built-in corpus, built once and cached)")
-    p.add_argument("--model-path", help="checkpoint dir (default: the server's default model)")
+    p.add_argument("--model-path", help="smollm2-135m-instruct (default), tiny-random, or a "
+                   "checkpoint dir")
+    p.add_argument("--prompt", choices=("chat", "plain"), default="chat",
+                   help="chat: the model's chat template (question on the final chunk); "
+                   "plain: no template (a base model, tiny-random)")
     p.add_argument("-k", type=int, default=3, help="passages/pages in the final context")
     p.add_argument("--max-new-tokens", type=int, default=24)
     p.add_argument("--search-delay", type=float, default=0.4,
                    help="seconds per progressive-search step (a remote store's latency)")
+    p.add_argument("--shards", type=int, default=2,
+                   help="progressive search shards (versions: at most shards + 1)")
     p.add_argument("--page-delay", type=float, default=0.3,
                    help="seconds the local site takes per page (a web server's latency)")
     p.add_argument("--no-curve", action="store_true",
                    help="skip the answers after each non-final chunk (about half the time)")
-    p.add_argument("--threads", type=int, default=0, help="engine threads (0: torch default)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="engine threads (0: torch default); 1 because two OpenMP threads on a "
+                   "busy 2-core machine ran ~10x slower than one (docs/quality.md)")
+    p.add_argument("--token-budget", type=int, default=256,
+                   help="tokens per engine step: small steps keep the worker answering chunk "
+                   "messages quickly on a slow CPU")
     p.add_argument("--max-total-tokens", type=int, default=32768, help="KV pool size")
+    p.add_argument("--from-json", help="print and plot a saved quality.json instead of running")
     p.add_argument("--out", default="out/quality", help="where quality.json and the PNG go")
     p.set_defaults(func=run)

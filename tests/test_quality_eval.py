@@ -12,7 +12,7 @@ import pytest
 from eval.qa_data import load_questions
 from retrievers.corpus import builtin_passages
 from retrievers.hnsw import HnswIndex
-from srt_ext.engine.tiny_model import ensure_tiny_model
+from srt_ext.engine.model_store import TINY_MODEL
 
 
 @pytest.mark.slow
@@ -24,7 +24,7 @@ def test_eval_quality_limit_2(tmp_path: Path) -> None:
     out = tmp_path / "out"
     proc = subprocess.run(
         [sys.executable, "-m", "stream2llm.cli", "eval-quality", "--limit", "2",
-         "--index", str(tmp_path / "idx"), "--model-path", str(ensure_tiny_model()),
+         "--index", str(tmp_path / "idx"), "--model-path", TINY_MODEL, "--prompt", "plain",
          "-k", "2", "--max-new-tokens", "4", "--search-delay", "0.05", "--page-delay", "0.05",
          "--out", str(out)],
         capture_output=True, text=True, timeout=600,
