@@ -10,8 +10,11 @@ test module with ``from sglang_helpers import sglang_server, engine_url  # noqa:
 from __future__ import annotations
 
 import atexit
+import collections
 import os
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,12 +30,24 @@ _SHARED: dict[str, SGLangServer] = {}
 # (as the reference engine's token budget in the exactness tests)
 DEFAULT_CONFIG: dict[str, Any] = {"max_total_tokens": 4096, "threads": 1,
                                   "chunked_prefill_size": 64, "policy": "ours"}
+# every sgl_kernel stand-in call of the session's servers lands here (pid op)
+SGL_KERNEL_TRACE = Path(tempfile.gettempdir()) / f"stream2llm-sgl-kernel-{os.getpid()}.trace"
+
+
+def sgl_kernel_calls() -> collections.Counter[str]:
+    """Ops of our sgl_kernel stand-in that SGLang called so far (by name)."""
+    try:
+        lines = SGL_KERNEL_TRACE.read_text().splitlines()
+    except OSError:
+        return collections.Counter()
+    return collections.Counter(line.split()[1] for line in lines if line.strip())
 
 
 def shared_sglang_server(**overrides: Any) -> SGLangServer:
     """The session's SGLang server, started on first use (config as
     ``SGLangServerConfig``; a different config starts a second one)."""
     cfg = {**DEFAULT_CONFIG, **overrides}
+    cfg["env"] = {"STREAM2LLM_SGL_KERNEL_TRACE": str(SGL_KERNEL_TRACE), **cfg.get("env", {})}
     key = repr(sorted(cfg.items()))
     server = _SHARED.get(key)
     if server is None or not server.alive():

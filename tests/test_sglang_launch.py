@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sglang_helpers import sglang_server  # noqa: F401  (fixture)
+from sglang_helpers import sgl_kernel_calls, sglang_server  # noqa: F401  (fixture)
 
 from srt_ext.engine.tiny_model import ensure_tiny_model
 from srt_ext.sglang_engine.launch import (
@@ -73,6 +73,8 @@ def test_server_runs_our_tree_and_hooks(sglang_server: SGLangServer) -> None:  #
                                              "ignore_eos": True}})  # fmt: skip
     assert r.status_code == 200, r.text
     assert len(r.json()["output_ids"]) == 5
+    # what SGLang called of our stand-in computes (the unsupported ops would have raised)
+    assert set(sgl_kernel_calls()) <= {"assign_req_to_token_pool_cpu", "copy_all_layer_kv_cache_cpu"}
 
 
 @pytest.mark.slow

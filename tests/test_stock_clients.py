@@ -81,3 +81,25 @@ def test_openai_client(engine_url: tuple[str, str]) -> None:  # noqa: F811
     # ours: 422 with the field; SGLang's own server answers its validation errors with 400
     assert bad.value.status_code == (422 if engine == "reference" else 400)
     assert "max_tokens" in str(bad.value) or "max_new_tokens" in str(bad.value)
+
+
+def test_frontend_fields_are_served_or_refused(engine_url: tuple[str, str]) -> None:  # noqa: F811
+    """Sampling fields SGLang's frontend sends: SGLang honours them; the reference
+    engine accepts their neutral values and refuses others (never ignores them)."""
+    engine, url = engine_url
+    neutral = {"max_new_tokens": 2, "temperature": 0, "min_p": 0.0, "n": 1, "regex": None,
+               "frequency_penalty": 0.0, "json_schema": None, "stop_regex": []}  # fmt: skip
+    assert httpx.post(url + "/generate", timeout=120,
+                      json={"text": PROMPT, "sampling_params": neutral}).status_code == 200
+    r = httpx.post(url + "/generate", timeout=120,
+                   json={"text": PROMPT, "sampling_params": {**neutral, "min_p": 0.5}})
+    if engine == "reference":
+        assert r.status_code == 422 and "min_p" in r.text
+    else:
+        assert r.status_code == 200, r.text
+    r = httpx.post(url + "/generate", timeout=120, json={"text": PROMPT, "return_logprob": True,
+                                                         "sampling_params": {"max_new_tokens": 2}})
+    if engine == "reference":
+        assert r.status_code == 422 and "return_logprob" in r.text
+    else:
+        assert r.status_code == 200 and "output_token_logprobs" in r.json()["meta_info"]

@@ -172,7 +172,7 @@ class SGLangServer:
         assert self.proc is not None
         deadline = time.monotonic() + self.cfg.startup_timeout
         headers = {"Authorization": f"Bearer {self.cfg.api_key}"} if self.cfg.api_key else {}
-        with tqdm(desc="starting SGLang server", unit="s", disable=not progress,
+        with tqdm(desc="starting SGLang server", unit="s", disable=not progress, mininterval=5,
                   bar_format="{desc}: {elapsed} {postfix}") as bar:  # fmt: skip
             while time.monotonic() < deadline:
                 if self.proc.poll() is not None:
@@ -186,7 +186,7 @@ class SGLangServer:
                         return
                 except httpx.HTTPError:
                     pass
-                bar.set_postfix_str(self._last_log_line()[:80])
+                bar.set_postfix_str(self._last_log_line()[:60], refresh=False)
                 bar.update(1)
                 time.sleep(1.0)
         raise SGLangStartupError(
