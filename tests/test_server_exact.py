@@ -140,3 +140,17 @@ def test_chunk_during_step_never_gives_an_early_token(srv, c):
     assert meta["ttft_s"] > 0 and meta["ttft_from_open_s"] > meta["ttft_s"]
     if srv.engine == "reference":
         assert meta["worker_ttft_s"] > 0
+
+
+def test_update_during_prefill_is_applied_between_steps(srv, c):
+    """A new version that lands while the old one is being prefilled (several
+    64-token steps) is applied between steps (on SGLang: kept as ``pending_input``
+    and cut to the LCP when the adder parks the request); the output is the
+    one-shot output of the new version."""
+    old = prompt(22, 400)
+    new = old[:100] + prompt(23, 50)
+    rid = c.open_stream(mode="update", sampling_params=SP, input_ids=old)
+    time.sleep(0.05)  # the old version's prefill is now in its steps
+    ack = c.send_chunk(rid, input_ids=new, final=True)
+    assert ack.input_tokens == len(new) and ack.cached_tokens <= 100
+    assert c.result(rid)["output_ids"] == one_shot(srv, c, new)

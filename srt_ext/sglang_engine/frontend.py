@@ -15,6 +15,7 @@ TM's result dispatcher hands to ``on_output``.
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import time
 import uuid
@@ -33,6 +34,7 @@ from srt_ext.sglang_engine.messages import (
 
 KEEP_RESULTS = 10_000  # finished streams whose result stays readable (as the reference)
 REPLY_TIMEOUT_S = 30.0
+IDLE_ENV = "STREAM2LLM_STREAM_IDLE_TIMEOUT"  # seconds; 0 disables (reference: 300)
 
 
 class StreamHTTPError(Exception):
@@ -51,6 +53,8 @@ class HttpStream:
     mode: str
     sampling: dict[str, Any]
     created: float = field(default_factory=time.monotonic)
+    last_active: float = field(default_factory=time.monotonic)
+    readers: int = 0
     sent: bool = False  # the scheduler has the request (its first input went out)
     final: bool = False
     final_t: float | None = None
@@ -80,6 +84,8 @@ class StreamFrontend:
         self.streams: dict[str, HttpStream] = {}
         self.finished: OrderedDict[str, HttpStream] = OrderedDict()
         self.waiters: dict[str, asyncio.Future] = {}
+        self.idle_timeout = float(os.environ.get(IDLE_ENV, "300") or 0)
+        self._reaper: asyncio.Task | None = None
 
     # ---- replies from the scheduler ---------------------------------------------
     def on_output(self, out: StreamChunkOutput | StreamStatsOutput) -> None:
@@ -134,6 +140,7 @@ class StreamFrontend:
             raise StreamHTTPError(400, "empty first chunk (omit text/input_ids to open without input)")
         if final and not ids:
             raise StreamHTTPError(400, "empty input")
+        self.ensure_reaper()
         st = self.streams[rid] = HttpStream(rid, mode, sampling)
         if final:
             st.final, st.final_t = True, st.created
@@ -181,6 +188,7 @@ class StreamFrontend:
                     mode: str | None, sampling: dict[str, Any] | None) -> StreamChunkOutput:  # fmt: skip
         """Apply one chunk; chunks of a stream are serialized in arrival order."""
         st = self.get(rid)
+        st.last_active = time.monotonic()
         async with st.lock:
             if st.final or st.done:
                 raise StreamHTTPError(409, f"stream {rid} already received its final chunk")
@@ -225,6 +233,34 @@ class StreamFrontend:
         reply = await self.call(StreamAbortReq(rid=rid))
         return reply  # the collector ends with SGLang's abort output
 
+    # ---- idle streams -------------------------------------------------------------------
+    def ensure_reaper(self) -> None:
+        if self.idle_timeout > 0 and self._reaper is None:
+            self._reaper = asyncio.get_running_loop().create_task(self._reap_loop())
+
+    async def _reap_loop(self) -> None:
+        while True:
+            await asyncio.sleep(min(5.0, self.idle_timeout / 2))
+            await self.reap_idle(time.monotonic())
+
+    async def reap_idle(self, now: float) -> list[str]:
+        """Abort partial streams with no chunk and no result reader for
+        ``idle_timeout`` s: an abandoned parked stream would pin its KV forever
+        (the reference server reaps the same way; its result becomes 410)."""
+        gone = [st for st in list(self.streams.values())
+                if not st.final and not st.done and st.readers == 0 and not st.lock.locked()
+                and now - st.last_active > self.idle_timeout]  # fmt: skip
+        for st in gone:
+            if st.sent:
+                await self.call(StreamAbortReq(rid=st.rid))
+            st.error = StreamHTTPError(410, f"stream {st.rid} aborted: idle for "
+                                            f"{self.idle_timeout:.0f} s")  # fmt: skip
+            st.done = True
+            st.bump()
+            self.streams.pop(st.rid, None)
+            self.finished[st.rid] = st
+        return [st.rid for st in gone]
+
     async def stats(self) -> dict[str, int]:
         reply = await self.call(StreamStatsReq(rid=f"stats-{uuid.uuid4().hex}"))
         return dict(reply.stats)
@@ -264,8 +300,13 @@ class StreamFrontend:
         return {"text": out["text"], "output_ids": out["output_ids"], "meta_info": meta}
 
     async def wait_done(self, st: HttpStream) -> HttpStream:
-        while not st.done:
-            await st.changed.wait()
+        st.readers += 1  # a waiting reader keeps the stream from being reaped
+        try:
+            while not st.done:
+                await st.changed.wait()
+        finally:
+            st.readers -= 1
+            st.last_active = time.monotonic()
         return st
 
 

@@ -99,6 +99,15 @@ async def _guard(coro: Any) -> Response:
 async def _sse(fe: StreamFrontend, st: HttpStream) -> AsyncIterator[bytes]:
     """SGLang's /generate stream: cumulative text and ids per event, then [DONE]."""
     sent = -1
+    st.readers += 1
+    try:
+        async for frame in _frames(fe, st, sent):
+            yield frame
+    finally:
+        st.readers -= 1
+
+
+async def _frames(fe: StreamFrontend, st: HttpStream, sent: int) -> AsyncIterator[bytes]:
     while True:
         changed, done = st.changed, st.done
         if st.error is not None:

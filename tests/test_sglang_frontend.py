@@ -1,0 +1,62 @@
+"""The HTTP side of ``--engine sglang`` without a server: the idle reaper and the
+reply matching of ``StreamFrontend`` over a stand-in tokenizer manager that
+answers like SGLang's scheduler (an ack per message, same rid)."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+
+import radix_stream._sglang  # noqa: F401
+
+import pytest
+
+from srt_ext.sglang_engine.frontend import HttpStream, StreamFrontend, StreamHTTPError
+from srt_ext.sglang_engine.messages import StreamAbortReq, StreamChunkOutput
+
+
+def _frontend() -> tuple[StreamFrontend, list]:
+    sent: list = []
+    fe: StreamFrontend
+
+    def dispatch(msg: object) -> None:  # the scheduler acks on SGLang's socket
+        sent.append(msg)
+        asyncio.get_running_loop().call_soon(fe.on_output, StreamChunkOutput(rid=msg.rid))  # type: ignore[attr-defined]
+
+    tm = SimpleNamespace(auto_create_handle_loop=lambda: None, _dispatch_to_scheduler=dispatch,
+                         rid_to_state={})  # fmt: skip
+    fe = StreamFrontend(tm)
+    fe.idle_timeout = 300.0
+    return fe, sent
+
+
+def test_idle_partial_streams_are_reaped_and_nothing_else() -> None:
+    async def main() -> None:
+        fe, sent = _frontend()
+        now = 1000.0
+        specs = {"idle": dict(sent=True), "idle-unsent": dict(), "final": dict(sent=True, final=True),
+                 "read": dict(sent=True, readers=1), "fresh": dict(sent=True, last_active=now - 10)}
+        for rid, kw in specs.items():
+            st = fe.streams[rid] = HttpStream(rid, "append", {})
+            st.last_active = kw.pop("last_active", now - 400)
+            for k, v in kw.items():
+                setattr(st, k, v)
+        reaped = await fe.reap_idle(now)
+        assert sorted(reaped) == ["idle", "idle-unsent"]
+        assert [(type(m), m.rid) for m in sent] == [(StreamAbortReq, "idle")]  # only one reached SGLang
+        assert set(fe.streams) == {"final", "read", "fresh"}
+        with pytest.raises(StreamHTTPError) as err:
+            fe.result(fe.get("idle"))
+        assert err.value.status == 410
+
+    asyncio.run(main())
+
+
+def test_replies_are_matched_by_rid() -> None:
+    async def main() -> None:
+        fe, _ = _frontend()
+        out = await fe.call(StreamAbortReq(rid="x"))
+        assert out.rid == "x" and not fe.waiters
+        fe.on_output(StreamChunkOutput(rid="nobody-waits"))  # a late reply is dropped
+
+    asyncio.run(main())
