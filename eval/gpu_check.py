@@ -174,12 +174,15 @@ def step_profile(device: str, shape: str, smoke: bool, out_dir: Path) -> dict[st
     from srt_ext.engine.shapes import ensure_shape_model
 
     name = f"{'smoke' if smoke else 'h200'}-{shape}-measured"
-    args = argparse.Namespace(
-        model_path=str(ensure_shape_model(shape)), device=device,
-        max_tokens=64 if smoke else 16384, repeats=1 if smoke else 5, warmup=0 if smoke else 2,
-        decode_batches="1,4" if smoke else "1,8,32", kv_capacity_tokens=8192 if smoke else 262144,
-        name=name, out=str(out_dir / f"{name}.json"),
-    )  # fmt: skip
+    parser = argparse.ArgumentParser()
+    profile_cli.add_parser(parser.add_subparsers())
+    out = out_dir / f"{name}.json"
+    sizes = ["--max-tokens", "64", "--repeats", "1", "--warmup", "0", "--decode-batches", "1,4",
+             "--kv-capacity-tokens", "8192", "--skip-http", "--threads", "1"] if smoke else [
+             "--max-tokens", "16384", "--repeats", "5", "--warmup", "2", "--decode-batches",
+             "1,8,32", "--kv-capacity-tokens", "262144"]  # fmt: skip
+    args = parser.parse_args(["profile", "--model-path", str(ensure_shape_model(shape)),
+                              "--device", device, "--name", name, "--out", str(out), *sizes])  # fmt: skip
     _log(f"profile: {args.out}")
     profile_cli.run(args)
     measured = CostModel.load(args.out)
