@@ -214,7 +214,9 @@ async def replay(url: str, queries: list[Any], streaming: bool, args: argparse.N
     }
     inval = after.get("tokens_invalidated", 0) - before.get("tokens_invalidated", 0)
     end = max((o.done_at for o in outs if o.error is None), default=t0)
-    return list(outs), {"preemptions": delta, "tokens_invalidated": inval}, end - t0
+    engine = {k: round(after.get(k, 0.0) - before.get(k, 0.0), 6)
+              for k in ("engine_forward_s", "engine_step_s", "steps")}  # fmt: skip
+    return list(outs), {"preemptions": delta, "tokens_invalidated": inval, **engine}, end - t0
 
 
 @dataclass
@@ -261,7 +263,8 @@ def run_passes(url: str, queries: list[Any], modes: list[str],
         p.outs += outs
         for k, v in server["preemptions"].items():
             p.server["preemptions"][k] += v
-        p.server["tokens_invalidated"] += server["tokens_invalidated"]
+        for k in ("tokens_invalidated", "engine_forward_s", "engine_step_s", "steps"):
+            p.server[k] = p.server.get(k, 0) + server.get(k, 0)
         p.completions.append(completion)
         p.wall_s += time.perf_counter() - t
     return res

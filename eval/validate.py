@@ -32,12 +32,13 @@ from eval.validate_trace import Case
 
 TOL = {"p50": 0.20, "p95": 0.20, "p99": 0.30, "completion": 0.05}
 TOKEN_BUDGET = 512
+COLS = ["case", "mode", "metric", "measured", "simulated", "err_%", "tol_%", "verdict"]
 CASES = (
     Case("crawler-qps1", "crawler", 1.0),
     Case("crawler-qps3", "crawler", 3.0),
     Case("anns-qps1", "anns", 1.0, token_scale=0.05),
     Case("anns-qps2", "anns", 2.0, token_scale=0.05),
-    Case("crawler-pressure", "crawler", 2.0, delay_multiplier=2.0, kv_capacity_tokens=6144),
+    Case("crawler-pressure", "crawler", 2.0, delay_multiplier=3.0, kv_capacity_tokens=3072),
 )
 
 
@@ -62,17 +63,37 @@ class Side:
     completion_s: float
     preemptions: int
     unfinished: int
+    busy_s: float = 0.0  # engine steps (measured: the worker's own clock)
+    steps: int = 0
 
 
-def profile_here(out: Path, threads: int) -> Path:
-    """Measure the tiny model's profile on this machine, now (srt_ext.profile_cli)."""
+def profile_engine(out: Path, threads: int) -> Path:
+    """The engine part of `stream2llm profile` for the tiny model, here and now; the
+    HTTP terms come from the validation's own server (``add_http_terms``)."""
     from srt_ext.profile_cli import measure, write_profile
 
     ns = argparse.Namespace(model_path=None, device="cpu", max_tokens=2048, repeats=5, warmup=1,
-                            decode_batches="1,4,16", kv_capacity_tokens=16384,
-                            name="validate-cpu", out=str(out), threads=threads, skip_http=False)  # fmt: skip
+                            decode_batches="1,4", kv_capacity_tokens=16384,
+                            name="validate-cpu", out=str(out), threads=threads, skip_http=True)  # fmt: skip
     write_profile(measure(ns), out)
     return out
+
+
+def add_http_terms(prof: Path, url: str) -> None:
+    """Measure chunk/ack/request costs on the running server and store them."""
+    from srt_ext.profile_cli import write_profile
+    from srt_ext.profile_fixed import http_terms_at
+
+    profile = json.loads(prof.read_text())
+    terms = http_terms_at(url, 7)
+    profile["fixed"] |= {k: round(v, 7) for k, v in terms.items()}
+    where = "measured by `stream2llm validate` on its own `stream2llm serve`"
+    profile["fixed"]["source"] |= {
+        "chunk_s": f"{where}: client send -> worker applied (worker_final_at), tiny inputs",
+        "ack_s": f"{where}: chunk round trip minus its way in",
+        "request_s": f"{where}: worker first token (worker_first_token_at) -> client has it",
+    }
+    write_profile(profile, prof)
 
 
 def measured(url: str, text_qs: list[Any], modes: list[str]) -> dict[str, Side]:
@@ -85,7 +106,8 @@ def measured(url: str, text_qs: list[Any], modes: list[str]) -> dict[str, Side]:
     for mode, p in passes.items():
         ok = [o.ttft_s for o in p.outs if o.error is None and o.ttft_s is not None]
         pre = sum(p.server["preemptions"].values())
-        out[mode] = Side(ok, p.completion_s, pre, len(p.outs) - len(ok))
+        out[mode] = Side(ok, p.completion_s, pre, len(p.outs) - len(ok),
+                         p.server.get("engine_step_s", 0.0), int(p.server.get("steps", 0)))
     return out
 
 
@@ -99,7 +121,7 @@ def simulated(sim_qs: list[Any], case: Case, cm: Any) -> dict[str, Side]:
                         page_size=1, host_factor=4.0, client_awaits_acks=True)  # fmt: skip
         r = simulate(sim_qs, cfg, cm)
         out[mode] = Side(r.ttft_s, r.completion_time_s, sum(r.preemptions.values()),
-                         r.unfinished + r.rejected)  # fmt: skip
+                         r.unfinished + r.rejected, r.busy_s, r.steps)  # fmt: skip
     return out
 
 
@@ -107,7 +129,7 @@ def compare(case: str, meas: dict[str, Side], sim: dict[str, Side]) -> list[dict
     """One row per (mode, metric): measured, simulated, relative error, verdict."""
     from eval.metrics import percentiles
 
-    rows = []
+    rows: list[dict[str, Any]] = []
     for mode in ("non-streaming", "streaming"):
         m, s = meas[mode], sim[mode]
         pm, ps = percentiles(m.ttft_s), percentiles(s.ttft_s)
@@ -119,9 +141,13 @@ def compare(case: str, meas: dict[str, Side], sim: dict[str, Side]) -> list[dict
             rows.append({"case": case, "mode": mode, "metric": metric, "measured": a,
                          "simulated": b, "err_%": 100 * err, "tol_%": 100 * tol,
                          "verdict": "pass" if ok else "FAIL"})  # fmt: skip
-        rows.append({"case": case, "mode": mode, "metric": "preemptions",
-                     "measured": m.preemptions, "simulated": s.preemptions, "err_%": None,
-                     "tol_%": None, "verdict": "-"})  # fmt: skip
+        # diagnostics, no tolerance: preemptions, and the engine's busy time and steps
+        # (where a TTFT gap comes from: slower steps, or more of them)
+        for metric, a, b in (("preemptions", m.preemptions, s.preemptions),
+                             ("engine busy s", m.busy_s, s.busy_s), ("steps", m.steps, s.steps)):
+            diag: float | None = 100 * (b - a) / a if a else None
+            rows.append({"case": case, "mode": mode, "metric": metric, "measured": a,
+                         "simulated": b, "err_%": diag, "tol_%": None, "verdict": "-"})  # fmt: skip
     return rows
 
 
@@ -173,8 +199,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
-    prof = Path(args.profile) if args.profile else profile_here(out / "profile.json", args.threads)
-    cm = CostModel.load(prof)
+    prof = Path(args.profile) if args.profile else profile_engine(out / "profile.json", args.threads)
     tok = TokenizerRoom(ensure_tiny_model())
     cases = [replace(known[n], num_queries=args.num_queries, seed=args.seed) for n in names]
     results: dict[str, dict[str, dict[str, Side]]] = {}
@@ -183,6 +208,9 @@ def run(args: argparse.Namespace) -> int:
         with launch_server(subprocess=True, max_total_tokens=pool, threads=args.threads,
                            cost_model=str(prof.resolve()), token_budget=TOKEN_BUDGET,
                            scheduler="fcfs", preemption="cost") as h:  # fmt: skip
+            if not args.profile and "chunk_s" not in json.loads(prof.read_text())["fixed"]:
+                add_http_terms(prof, h.url)  # the preemption rule reads only the curves
+            cm = CostModel.load(prof)
             for i, case in enumerate(c for c in cases if c.kv_capacity_tokens == pool):
                 text_qs, sim_qs = build(case, tok)
                 modes = ["non-streaming", "streaming"][:: 1 if i % 2 == 0 else -1]
@@ -192,9 +220,11 @@ def run(args: argparse.Namespace) -> int:
                 meas = measured(h.url, text_qs, modes)
                 sim = simulated(sim_qs, case, cm)
                 results[case.name] = {"measured": meas, "simulated": sim}
-                rows += compare(case.name, meas, sim)
-    cols = ["case", "mode", "metric", "measured", "simulated", "err_%", "tol_%", "verdict"]
-    print(format_table(rows, cols))
+                case_rows = compare(case.name, meas, sim)
+                rows += case_rows
+                if not args.quiet:  # each case as it ends: a long run shows its progress
+                    print(format_table(case_rows, COLS), file=sys.stderr)
+    print(format_table(rows, COLS))
     fails = sum(r["verdict"] == "FAIL" for r in rows)
     print(f"{fails} of {sum(r['verdict'] != '-' for r in rows)} cells fail; "
           f"{time.time() - t_start:.0f} s")

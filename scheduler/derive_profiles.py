@@ -184,7 +184,7 @@ def derive(hw: Hardware) -> dict:
 
 def _fixed(hw: Hardware) -> dict[str, object]:
     """GPU_FIXED, with this hardware's step overhead (the CPU placeholder keeps its own)."""
-    out = dict(GPU_FIXED) | {"step_s": hw.step_overhead_s}
+    out: dict[str, object] = {**GPU_FIXED, "step_s": hw.step_overhead_s}
     if hw.tp == 1:  # the CPU placeholder: nothing published applies
         out = {"step_s": hw.step_overhead_s,
                "source": {"step_s": "PLACEHOLDER estimate; measure with `stream2llm profile`"}}

@@ -131,16 +131,25 @@ def tokenize_s_per_1k(model_path: Any, repeats: int) -> float:
 
 
 def http_terms(model_path: str | None, threads: int, repeats: int) -> dict[str, float]:
-    """chunk_s, ack_s and request_s on a real server (tiny inputs, idle server)."""
+    """chunk_s, ack_s and request_s on a real server started here (its own process,
+    as `stream2llm serve`)."""
     from srt_ext.launch import launch_server
+
+    with launch_server(model_path=model_path, max_total_tokens=4096, threads=threads,
+                       subprocess=True) as h:  # fmt: skip
+        return http_terms_at(h.url, repeats)
+
+
+def http_terms_at(url: str, repeats: int) -> dict[str, float]:
+    """chunk_s, ack_s and request_s against a running, idle server (tiny inputs; its
+    prefix cache is flushed after each round)."""
+    from srt_ext.client import Client
 
     sp = {"max_new_tokens": 1, "temperature": 0.0, "ignore_eos": True}
     ins: list[float] = []
     outs: list[float] = []
     acks: list[float] = []
-    with launch_server(model_path=model_path, max_total_tokens=4096, threads=threads,
-                       subprocess=True) as h:  # its own process, as `stream2llm serve`
-        c = h.client()
+    with Client(url) as c:
         for r in range(max(3, repeats) + 1):
             rid = c.open_stream("append", sp, text=_text(8, r))
             time.sleep(0.02)
@@ -163,7 +172,6 @@ def http_terms(model_path: str | None, threads: int, repeats: int) -> dict[str, 
                 ins.append(meta["worker_final_at"] - s0)
                 outs.append(s1 - meta["worker_first_token_at"])
             acks.append(max(0.0, rtt - ins[-2]))
-        c.close()
     med = statistics.median
     return {"chunk_s": max(0.0, med(ins)), "ack_s": med(acks), "request_s": max(0.0, med(outs))}
 

@@ -81,6 +81,10 @@ class WorkerCore:
         self.max_tokens = min(engine.max_context_len, self.kv.capacity - 1)
         self.reqs: dict[str, _Req] = {}
         self._last_now = 0.0
+        # seconds inside engine.forward and inside whole steps (stats: what a simulator's
+        # profile is checked against; eval/validate.py)
+        self.forward_s = 0.0
+        self.step_wall_s = 0.0
 
     def now(self) -> float:
         """Wall clock, never going backwards (the scheduler rejects time travel)."""
@@ -181,6 +185,13 @@ class WorkerCore:
 
     def step(self) -> tuple[int, list[Any]]:
         """One scheduler step: (tokens computed, events)."""
+        t0 = time.perf_counter()
+        try:
+            return self._step()
+        finally:
+            self.step_wall_s += time.perf_counter() - t0
+
+    def _step(self) -> tuple[int, list[Any]]:
         try:
             plan = self.sched.schedule(self.now())
         except Exception as exc:  # accounting bug: fail everything live, keep serving
@@ -195,6 +206,7 @@ class WorkerCore:
                 it.rid, it.token_ids, it.start, self.kv.slots(it.rid)[: it.start], it.new_slots,
                 it.sample, r.spec.temperature, r.seed, r.spec.top_p, r.spec.top_k,
             ))  # fmt: skip
+        t0 = time.perf_counter()
         try:
             out = self.engine.forward(items)
         except Exception as exc:  # fail the streams of this step, commit nothing sampled
@@ -207,6 +219,7 @@ class WorkerCore:
                 self.reqs.pop(it.rid, None)
                 errs.append(m.StreamError(it.rid, 500, f"engine error: {exc!r}", time.time()))
             return plan.total_tokens, errs
+        self.forward_s += time.perf_counter() - t0
         # forward() gives a token for every sampling item and None for the others
         sampled = {
             it.rid: int(t) for it, t in zip(plan.items, out, strict=True) if it.sample and t is not None
@@ -267,5 +280,7 @@ class WorkerCore:
             "swap_out_tokens": sc["swap_out_tokens"],
             "swap_in_tokens": sc["swap_in_tokens"],
             "steps": sc["steps"],
+            "engine_forward_s": round(self.forward_s, 6),
+            "engine_step_s": round(self.step_wall_s, 6),
             "max_context_tokens": self.max_tokens,
         }
