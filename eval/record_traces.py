@@ -4,7 +4,7 @@
 (retrievers/stream.py ``search_to_query`` / ``crawl_to_query``):
 
 * progressive HNSW search (k=10) over the built-in corpus and over a larger
-  generated corpus (overlapping windows of the built-in passages), with the paper's
+  generated corpus (20,000 noisy copies of the built-in vectors, :func:`large_index`), with the paper's
   driver (``beam``: a DiskANN-style search's candidate pool, in pool order) and with
   our sharded search in score and stable order;
 * the crawler over the local site.
@@ -97,18 +97,29 @@ def lcp_profile(queries: Iterable[Query]) -> LcpProfile:
 
 
 # ---- recording --------------------------------------------------------------------------
-def large_corpus(window_words: int = 60, stride_words: int = 30) -> list[Any]:
-    """A larger generated corpus: overlapping word windows of every built-in passage
-    (near-duplicates, as web corpora have); ~5x the built-in passage count."""
-    from retrievers.corpus import Passage, builtin_passages
+def large_index(base: Any, size: int = 20_000, seed: int = 0, noise: float = 0.35) -> Any:
+    """A larger generated corpus, ~45x the built-in one, without embedding anything:
+    each document is a word window of a random built-in passage and its vector is that
+    passage's vector plus Gaussian noise (norm ``noise``), renormalized. Clusters of
+    near-duplicates around every topic, as web corpora have, and enough points that a
+    best-first search takes many rounds."""
+    from retrievers.corpus import Passage
+    from retrievers.embed import normalize
+    from retrievers.hnsw import HnswIndex
 
-    out = []
-    for p in builtin_passages():
-        words = p.text.split()
-        starts = range(0, max(len(words) - window_words, 0) + 1, stride_words)
-        for i, s in enumerate(starts):
-            out.append(Passage(f"{p.id}@{i}", p.title, " ".join(words[s : s + window_words])))
-    return out
+    rng = np.random.default_rng(seed)
+    parents = rng.integers(0, len(base), size=size)
+    vecs = base.vectors[parents] + noise * rng.standard_normal(
+        (size, base.dim)).astype(np.float32) / math.sqrt(base.dim)
+    passages = []
+    for i, p in enumerate(parents.tolist()):
+        words = base.passages[p].text.split()
+        n = int(rng.integers(60, 160))
+        s = int(rng.integers(0, max(len(words) - n, 0) + 1))
+        passages.append(Passage(f"gen-{i}", base.passages[p].title, " ".join(words[s : s + n])))
+    index = HnswIndex(M=16, ef_construction=100, capacity=size, embedder=base.embedder)
+    index.add(passages, vectors=normalize(vecs))
+    return index
 
 
 def _index(name: str, cache: Path) -> Any:
@@ -119,8 +130,10 @@ def _index(name: str, cache: Path) -> Any:
     try:
         return HnswIndex.load(d)
     except IndexFormatError:
-        passages = builtin_passages() if name == "builtin" else large_corpus()
-        index = HnswIndex.build(passages, progress=True)
+        if name == "builtin":
+            index = HnswIndex.build(builtin_passages(), progress=True)
+        else:
+            index = large_index(_index("builtin", cache))
         index.save(d)
         return index
 
@@ -172,10 +185,10 @@ def record_all(out_dir: Path, cache: Path, questions: Sequence[str]) -> dict[str
         name = f"anns-{corpus}-{strategy}-{order}"
         qs = asyncio.run(_record_search(index, questions, strategy, order, name))
         traces[name] = [_tokenized(q, tokenize) for q in qs]
+        write_trace(out_dir / f"{name}.jsonl", traces[name])
     crawls = asyncio.run(_record_crawls(questions[:10]))
     traces["crawler-site"] = [_tokenized(q, tokenize) for q in crawls]
-    for name, qs in traces.items():
-        write_trace(out_dir / f"{name}.jsonl", qs)
+    write_trace(out_dir / "crawler-site.jsonl", traces["crawler-site"])
     return traces
 
 
@@ -228,6 +241,38 @@ def expand(
     return out
 
 
+def simulate_next_to_synthetic(
+    traces: dict[str, list[Query]], qps: float, num_queries: int, seed: int,
+    delay_multiplier: float, hardware: str, schedulers: Sequence[str] = ("fcfs", "ours"),
+) -> list[dict[str, object]]:
+    """TTFT ratios (non-streaming fcfs / scheduler) on the synthetic ANNS workload and on
+    every recorded update trace expanded to the same timing and mean length."""
+    from eval.metrics import percentiles
+    from eval.sim import SimConfig, simulate, stretch_delays
+    from eval.workloads import generate
+    from scheduler.cost_model import CostModel
+
+    cm = CostModel.load(hardware)
+    synth = stretch_delays(generate("anns", qps, num_queries, seed,
+                                    delay_multiplier=delay_multiplier), delay_multiplier)
+    named = [("synthetic", synth)]
+    named += [(n, expand(qs, "anns", qps, num_queries, seed, delay_multiplier))
+              for n, qs in traces.items() if qs and qs[0].mode == "update"]
+    rows: list[dict[str, object]] = []
+    for name, qs in named:
+        runs = [("fcfs", False), ("ours", False), *((p, True) for p in schedulers)]
+        res = {}
+        for pol, streaming in runs:
+            cfg = SimConfig(policy=pol, streaming=streaming, hardware=hardware, token_budget=8192)
+            res[cfg.label()] = percentiles(simulate(qs, cfg, cm).ttft_s)
+        base = res["non-streaming"]
+        for label, p in res.items():
+            rows.append({"workload": name, "scheduler": label, "p50_s": p["p50"],
+                         "p99_s": p["p99"], "x_p50": base["p50"] / p["p50"],
+                         "x_p99": base["p99"] / p["p99"]})
+    return rows
+
+
 def run(args: argparse.Namespace) -> int:
     from eval.bench_retrievers import QUESTIONS
     from eval.metrics import format_table
@@ -259,6 +304,12 @@ def run(args: argparse.Namespace) -> int:
             toks = [len(q.final_token_ids()) for q in qs]
             print(f"{n}: {len(qs)} crawls, {np.mean([len(q.chunks) for q in qs]):.2f} chunks, "
                   f"{np.mean(toks):.0f} tokens per query (append: every chunk extends the prefix)")
+    if args.sim_qps:
+        rows = simulate_next_to_synthetic(traces, args.sim_qps, args.sim_queries, args.seed,
+                                          args.sim_delay_multiplier, args.hardware)
+        print(f"\nsimulated: ANNS QPS {args.sim_qps:g} x{args.sim_delay_multiplier:g}, "
+              f"{args.sim_queries} queries, seed {args.seed}, {args.hardware}")
+        print(format_table(rows, list(rows[0])))
     return 0
 
 
@@ -273,4 +324,10 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--seed", type=int, default=1, help="synthetic generator seed")
     p.add_argument("--no-record", action="store_true",
                    help="only summarize the traces already under --out")
+    p.add_argument("--sim-qps", type=float, default=None,
+                   help="also simulate every recorded update trace (expanded) and the "
+                   "synthetic ANNS workload at this QPS")
+    p.add_argument("--sim-queries", type=int, default=500)
+    p.add_argument("--sim-delay-multiplier", type=float, default=1.0)
+    p.add_argument("--hardware", default="h200-tp2-llama3-8b-mfu75")
     p.set_defaults(func=run)

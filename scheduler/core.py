@@ -221,7 +221,9 @@ class Scheduler:
                 self._wake = min(self._wake, t)
                 return 0
         cap = self.policy.partial_step_tokens
-        return n if cap is None else min(n, cap - partial)
+        if cap is None or s.mode not in self.policy.partial_cap_modes:
+            return n
+        return min(n, cap - partial)
 
     def _plan_fast(
         self, order: list[Stream], now: float = 0.0

@@ -39,6 +39,8 @@ class Policy:
     #: cannot be interrupted, so partial work in it delays any final chunk that lands
     #: meanwhile; a cap bounds that delay at the price of smaller steps.
     partial_step_tokens: ClassVar[int | None] = None
+    #: Input modes whose partial streams the cap above applies to.
+    partial_cap_modes: ClassVar[tuple[str, ...]] = ("append", "update")
 
     def key(self, s: Stream, now: float) -> Key:
         raise NotImplementedError

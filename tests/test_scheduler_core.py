@@ -291,10 +291,17 @@ def test_partial_prefill_per_step_is_capped_but_final_work_is_not(monkeypatch) -
 
     monkeypatch.setattr(OursPolicy, "partial_step_tokens", 16)
     s = new(cap=1024, policy="ours", budget=512)
-    for r in "ab":
-        s.open(r, "append", 0.0)
+    for r in "ab":  # partial update-mode versions, older than the hold
+        s.open(r, "update", 0.0)
         s.add_chunk(r, list(range(40)), False, 0.0)
     s.open("f", "append", 0.0)
     s.add_chunk("f", list(range(100, 200)), True, 0.0)
-    plan, _ = step(s, 0.0)
+    t = 2 * OursPolicy.HOLD_S
+    plan, _ = step(s, t)
     assert plan.num_tokens == {"f": 100, "a": 16}  # partial work shares 16 tokens
+    # append-mode partial prefill is never wasted: ours does not cap it
+    s.open("c", "append", t)
+    s.add_chunk("c", list(range(300, 400)), False, t)
+    plan, _ = step(s, t)
+    assert plan.num_tokens["c"] == 100 and sum(
+        n for r, n in plan.num_tokens.items() if r in "ab") <= 16
