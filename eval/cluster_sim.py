@@ -161,3 +161,17 @@ def simulate_cluster(queries: Sequence[Query], cfg: ClusterConfig,
         res.unfinished += one.unfinished
         res.rejected += one.rejected
     return res
+
+
+def pooled(results: Sequence[ClusterResult]) -> ClusterResult:
+    """Several runs (seeds) of one configuration as one: TTFTs and counts added."""
+    out = ClusterResult(results[0].config, preemptions={"recompute": 0, "swap": 0},
+                        per_replica=[0] * results[0].config.replicas)  # fmt: skip
+    for r in results:
+        out.ttft_s += r.ttft_s
+        for k, v in r.preemptions.items():
+            out.preemptions[k] = out.preemptions.get(k, 0) + v
+        out.per_replica = [a + b for a, b in zip(out.per_replica, r.per_replica, strict=True)]
+        out.unfinished += r.unfinished
+        out.rejected += r.rejected
+    return out

@@ -8,7 +8,10 @@ For each R, scenario (``uniform``; ``hot``: queries worth ``--hot-share`` fair s
 pinned to replica 0, R > 1 only) and routing policy, the same queries are routed and
 simulated streaming and non-streaming (eval/cluster_sim.py). Prints one row per
 (R, scenario, policy): pooled TTFT percentiles of both, the streaming speedup at
-P50/P99, preemptions of both, and the busiest replica's share over a fair share.
+P50/P99, preemptions per 1,000 queries of both, and the busiest replica's share over a
+fair share (max_share). Every R simulates the same per-replica window
+(``--queries-per-replica`` at ``--qps-per-replica``); small R repeats it with other
+seeds until ``--min-queries`` so the P99s rest on similar sample sizes.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--replicas", default="1,8,64", help="comma-separated cluster sizes")
     p.add_argument("--queries-per-replica", type=int, default=40)
     p.add_argument("--min-queries", type=int, default=640,
-                   help="at least this many queries per run (small R: enough for a P99)")
+                   help="small R: repeat the window with other seeds until this many queries")
     p.add_argument("--policies", default="random,round_robin,least_kv,stream_aware")
     p.add_argument("--hot-share", type=float, default=1.0,
                    help="skewed scenario: queries worth this many fair shares are pinned to "
@@ -53,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(1)  # the KV pool's free-list updates: 10x faster on one thread
 
-    from eval.cluster_sim import POLICIES, ClusterConfig, simulate_cluster
+    from eval.cluster_sim import POLICIES, ClusterConfig, ClusterResult, pooled, simulate_cluster
     from eval.metrics import format_table, percentiles
     from eval.sim import SimConfig
     from eval.workloads import load_workload
@@ -70,36 +73,40 @@ def run(args: argparse.Namespace) -> int:
     rows, raw = [], []
     bar = tqdm(total=len(plan) * len(policies) * 2, desc="sim-cluster", disable=args.quiet)
     for r, scenario in plan:
-        n = max(args.queries_per_replica * r, args.min_queries)
-        queries = load_workload(args.workload, qps=args.qps_per_replica * r, num_queries=n,
-                                seed=args.seed, delay_multiplier=args.delay_multiplier)  # fmt: skip
         hot = min(1.0, args.hot_share / r) if scenario == "hot" else 0.0
-        for policy in policies:
-            out: dict[bool, Any] = {}
+        # the same per-replica window at every R; small R repeats it with other seeds
+        # (pooled) so every row has about --min-queries queries behind its P99
+        n = args.queries_per_replica * r
+        trials = max(1, -(-args.min_queries // n))
+        workloads = [load_workload(args.workload, qps=args.qps_per_replica * r, num_queries=n,
+                                   seed=args.seed + k, delay_multiplier=args.delay_multiplier)
+                     for k in range(trials)]  # fmt: skip
+        for policy in policies if r > 1 else policies[:1]:  # one replica: no routing
+            out: dict[bool, ClusterResult] = {}
             for streaming in (False, True):
                 sim = SimConfig(policy=args.scheduler, hardware=args.hardware, token_budget=budget,
                                 streaming=streaming, kv_capacity_tokens=args.kv_capacity_tokens)  # fmt: skip
-                cfg = ClusterConfig(r, policy, hot, args.seed, sim)
-                out[streaming] = simulate_cluster(queries, cfg, cm)
-                bar.update(1)
-            s, n = out[True], out[False]
-            ps, pn = percentiles(s.ttft_s), percentiles(n.ttft_s)
-            fair = len(queries) / r
+                out[streaming] = pooled([simulate_cluster(qs, ClusterConfig(r, policy, hot,
+                                                                            args.seed + k, sim), cm)
+                                         for k, qs in enumerate(workloads)])  # fmt: skip
+                bar.update(1 if r > 1 else len(policies))
+            s, ns = out[True], out[False]
+            ps, pn = percentiles(s.ttft_s), percentiles(ns.ttft_s)
+            per_k = 1000 / max(len(s.ttft_s), 1)
             rows.append({
-                "R": r, "scenario": scenario, "policy": policy,
+                "R": r, "scenario": scenario, "policy": policy if r > 1 else "(any)",
+                "queries": len(s.ttft_s),
                 "stream_p50_s": ps["p50"], "stream_p99_s": ps["p99"],
                 "nonstream_p50_s": pn["p50"], "nonstream_p99_s": pn["p99"],
                 "x_p50": _ratio(pn["p50"], ps["p50"]), "x_p99": _ratio(pn["p99"], ps["p99"]),
-                "preempt_stream": sum(s.preemptions.values()),
-                "preempt_nonstream": sum(n.preemptions.values()),
-                "max_share": round(max(s.per_replica) / fair, 2),
-                "unfinished": s.unfinished + n.unfinished,
+                "preempt_per_1k_stream": round(sum(s.preemptions.values()) * per_k, 1),
+                "preempt_per_1k_nonstream": round(sum(ns.preemptions.values()) * per_k, 1),
+                "max_share": round(max(s.per_replica) * r / max(sum(s.per_replica), 1), 2),
+                "unfinished": s.unfinished + ns.unfinished,
             })  # fmt: skip
-            raw.append({"R": r, "scenario": scenario, "policy": policy,
-                        "streaming": {"ttft": ps, "preemptions": s.preemptions,
-                                      "per_replica": s.per_replica},
-                        "non_streaming": {"ttft": pn, "preemptions": n.preemptions,
-                                          "per_replica": n.per_replica}})  # fmt: skip
+            raw.append({"R": r, "scenario": scenario, "policy": policy, "trials": trials,
+                        "streaming": {"ttft": ps, "preemptions": s.preemptions},
+                        "non_streaming": {"ttft": pn, "preemptions": ns.preemptions}})  # fmt: skip
     bar.close()
     print(format_table(rows, list(rows[0])))
     if args.json_out:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import threading
 import time
 from collections import Counter
 
@@ -180,3 +181,33 @@ def test_router_restart(cluster: Cluster):
             assert res["output_ids"] == await one_shot(h, sum(cs, []))
 
     asyncio.run(run())
+
+
+def test_sigterm_drains_together(cluster: Cluster):
+    """Last (it stops the module's cluster): new work is refused at once, a stream
+    already open still gets its final chunk through the router to its draining
+    replica and finishes exactly, then every process exits (replicas with 0)."""
+    cs = chunks_of(400)
+    with httpx.Client(base_url=cluster.url, timeout=120) as h:
+        ref = h.post("/generate", json={"input_ids": sum(cs, []), "sampling_params": SP})
+        assert h.post("/flush_cache").status_code == 200
+        ack = h.post("/v1/streams", json={"input_ids": cs[0], "sampling_params": SP}).json()
+        stopper = threading.Thread(target=cluster.stop)
+        stopper.start()
+        while not cluster.app.state.gw.draining:
+            time.sleep(0.01)
+        r = h.post("/v1/streams", json={"input_ids": cs[0]})
+        assert r.status_code == 503 and "shutting down" in r.json()["error"]
+        got: dict = {}  # a reader waiting already (a drained replica exits once all are done)
+        reader = threading.Thread(target=lambda: got.update(
+            out=httpx.get(f"{cluster.url}/v1/streams/{ack['rid']}/result", timeout=120).json()))
+        reader.start()
+        time.sleep(1.0)  # the replicas have their SIGTERM now: draining
+        r = h.post(f"/v1/streams/{ack['rid']}/chunks", json={"input_ids": sum(cs[1:], []), "final": True})
+        assert r.status_code == 200, r.text
+        reader.join(60)
+        assert got["out"]["output_ids"] == ref.json()["output_ids"]
+    stopper.join(120)
+    assert not stopper.is_alive()
+    assert all(c.proc is not None and c.proc.returncode == 0 for c in cluster.replicas)
+    assert cluster.router.proc is not None and cluster.router.proc.poll() is not None
