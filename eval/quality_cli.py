@@ -55,7 +55,7 @@ def write_report(out: Path, meta: dict[str, Any], records: list[Any], wall_s: fl
     return report
 
 
-def show(report: dict[str, Any], out: Path) -> int:
+def show(report: dict[str, Any], out: Path, source: Path | None = None) -> int:
     """Print the tables, draw the PNG; returns how many outputs were identical."""
     from eval.quality import records_from_json
     from eval.quality_report import plot_curve, tables
@@ -68,7 +68,7 @@ def show(report: dict[str, Any], out: Path) -> int:
           f"({report['questions']} questions x {len(report['retrievers'])} retrievers"
           f"{'' if report.get('complete', True) else ', run stopped early'}) in "
           f"{report['wall_s']:.0f} s ({report['answer_s']:.0f} s answering)")
-    print(f"json: {out / 'quality.json'}")
+    print(f"json: {source or out / 'quality.json'}")
     if report["curve"]:
         print(f"plot: {plot_curve(report['curve'], out / 'quality_curve.png')}")
     return same
@@ -83,7 +83,7 @@ def render(args: argparse.Namespace) -> int:
         return _fail(f"cannot read {path}: {exc}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    same = show(report, out)
+    same = show(report, out, source=path)
     return 0 if same == report["records_done"] else 1
 
 

@@ -80,7 +80,7 @@ def plot_curve(rows: Sequence[dict[str, Any]], path: str | Path,
     (dashed, right axis) on the same x: what each extra chunk costs and buys."""
     from eval.plots import _save, plt
 
-    fig, ax = plt.subplots(figsize=(7.2, 4.2))
+    fig, ax = plt.subplots(figsize=(7.6, 4.6))
     tx = ax.twinx()
     for i, r in enumerate(dict.fromkeys(x["retriever"] for x in rows)):
         pts = [x for x in rows if x["retriever"] == r]
@@ -91,6 +91,7 @@ def plot_curve(rows: Sequence[dict[str, Any]], path: str | Path,
         ax.plot(xs, [p["recall"] for p in pts], ":", color=colour, label=f"{r}: recall")
         tx.plot(xs, [p["first_token_s"] for p in pts], "--s", color=colour, alpha=0.6,
                 label=f"{r}: first token (s)")
+    ax.set_xticks(sorted({int(x["chunk"]) for x in rows}))
     ax.set_xlabel("answered after chunk (last = final context)")
     ax.set_ylabel("fraction of questions")
     ax.set_ylim(0, 1.02)
@@ -99,5 +100,6 @@ def plot_curve(rows: Sequence[dict[str, Any]], path: str | Path,
     ax.grid(True, alpha=0.3)
     ax.set_title(title)
     lines = ax.get_lines() + tx.get_lines()
-    ax.legend(lines, [str(ln.get_label()) for ln in lines], fontsize=7, loc="lower right")
+    ax.legend(lines, [str(ln.get_label()) for ln in lines], fontsize=7, ncol=3,
+              loc="upper center", bbox_to_anchor=(0.5, -0.15))
     return _save(fig, path)
