@@ -3,7 +3,7 @@
 Chat-template prompts are streamed as TEXT chunks laid out by retrievers/prompt.py
 (the server tokenizes each chunk on its own), as append chunks and as update
 versions, four streams at once, against a KV pool too small for all of them, so
-both preemption kinds really run. The reference is one-shot greedy decoding of the
+preemption really runs (recompute; the swap case is skipped: SWAP_HANG). The reference is one-shot greedy decoding of the
 whole conversation's text on a separate in-process engine (its own cache: nothing
 the server computed is reused). Short prompts and few new tokens: the real model's
 exact CPU path is not fast.
