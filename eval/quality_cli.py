@@ -148,16 +148,28 @@ def run(args: argparse.Namespace) -> int:
     meta = {"model": str(model), "prompt": args.prompt, "settings": asdict(settings),
             "questions": len(questions), "retrievers": retrievers}
     records: list[Any] = []
+    prior_answer_s = 0.0
+    if args.resume and (out / "quality.json").is_file():  # keep what a stopped run measured
+        from eval.quality import records_from_json
+
+        saved = json.loads((out / "quality.json").read_text())
+        if saved.get("settings") != meta["settings"] or saved.get("model") != meta["model"]:
+            return _fail(f"{out / 'quality.json'} was run with other settings or model")
+        records = records_from_json(saved["records"])
+        t_start -= saved["wall_s"]  # times add up over the pieces of a resumed run
+        prior_answer_s = float(saved["answer_s"])
+        print(f"resuming: {len(records)} answers kept from {out / 'quality.json'}")
+    done = {(r.qid, r.retriever) for r in records}
     with tempfile.TemporaryDirectory(prefix="s2l-corpus-site-") as root:
         paths = generate_corpus_site(root, passages)
         with launch_server(model_path=args.model_path, max_total_tokens=args.max_total_tokens,
                            threads=args.threads, token_budget=args.token_budget) as srv, \
                 serve_corpus_site(root, delay_s=settings.page_delay_s) as site:
-            t_ready = time.monotonic()
+            t_ready = time.monotonic() - prior_answer_s
             runner = QualityRun(srv.url, tokenize, settings, index, SiteSearch(passages, site),
                                 paths, layout)
             try:
-                jobs = [(q, r) for q in questions for r in retrievers]
+                jobs = [(q, r) for q in questions for r in retrievers if (q.id, r) not in done]
                 for q, r in tqdm(jobs, desc="questions x retrievers", unit="q"):
                     records.append(runner.answer(r, q))
                     # written as it goes: a run stopped early keeps what it measured
@@ -201,6 +213,8 @@ def add_parser(sub: Any) -> None:
                    help="tokens per engine step: small steps keep the worker answering chunk "
                    "messages quickly on a slow CPU")
     p.add_argument("--max-total-tokens", type=int, default=32768, help="KV pool size")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the answers already in OUT/quality.json, run the rest")
     p.add_argument("--from-json", help="print and plot a saved quality.json instead of running")
     p.add_argument("--out", default="out/quality", help="where quality.json and the PNG go")
     p.set_defaults(func=run)

@@ -21,7 +21,8 @@ SUMMARY_COLUMNS = ("retriever", "questions", "recall@k", "contains_acc", "token_
                    "identical", "retrieval_s", "ttft_stream_s", "ttft_oneshot_s",
                    "input_tokens")  # fmt: skip
 CURVE_COLUMNS = ("retriever", "chunk", "recall", "contains_acc", "token_f1",
-                 "first_token_s", "answered_final")  # fmt: skip
+                 "first_token_s", "answered_final", "right_here_wrong_final",
+                 "wrong_here_right_final")  # fmt: skip
 
 
 def _mean(xs: Sequence[float]) -> float:
@@ -64,6 +65,11 @@ def curve(records: Sequence[Record]) -> list[dict[str, Any]]:
                 "token_f1": _mean([p.f1 for p in pts]),
                 "first_token_s": _mean([p.first_token_s for p in pts]),
                 "answered_final": _mean([len(x.points) <= c for x in rs]),
+                # questions whose answer flips between here and the final context
+                "right_here_wrong_final": sum(p.correct and not x.final.correct
+                                              for p, x in zip(pts, rs, strict=True)),
+                "wrong_here_right_final": sum(x.final.correct and not p.correct
+                                              for p, x in zip(pts, rs, strict=True)),
             })
     return rows
 
