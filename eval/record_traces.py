@@ -253,13 +253,16 @@ def simulate_next_to_synthetic(
     from scheduler.cost_model import CostModel
 
     cm = CostModel.load(hardware)
-    synth = stretch_delays(generate("anns", qps, num_queries, seed,
-                                    delay_multiplier=delay_multiplier), delay_multiplier)
-    named = [("synthetic", synth)]
-    named += [(n, expand(qs, "anns", qps, num_queries, seed, delay_multiplier))
-              for n, qs in traces.items() if qs and qs[0].mode == "update"]
+    def workload(name: str) -> list[Query]:  # one at a time: expanded traces are large
+        if name == "synthetic":
+            return stretch_delays(generate("anns", qps, num_queries, seed,
+                                           delay_multiplier=delay_multiplier), delay_multiplier)
+        return expand(traces[name], "anns", qps, num_queries, seed, delay_multiplier)
+
+    names = ["synthetic", *(n for n, qs in traces.items() if qs and qs[0].mode == "update")]
     rows: list[dict[str, object]] = []
-    for name, qs in named:
+    for name in names:
+        qs = workload(name)
         runs = [("fcfs", False), ("ours", False), *((p, True) for p in schedulers)]
         res = {}
         for pol, streaming in runs:
