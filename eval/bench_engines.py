@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{engine}: starting")
         with running(engine, args.model_path, args.threads, args.pool) as url:
             results[engine] = measure(url, lengths, args.decode_tokens, args.repeats)
-    print(f"\nmodel {args.model_path or 'tiny (embedded)'}, {args.threads} thread(s), "
+    print(f"\nmodel {args.model_path or 'default (smollm2-135m-instruct)'}, {args.threads} thread(s), "
           f"{platform.processor() or platform.machine()}; client-side /generate latency, "
           f"median of {args.repeats}\n")  # fmt: skip
     print("| engine | " + " | ".join(f"prefill {n} (s, tok/s)" for n in lengths)

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from eval.validate_trace import Case
+from srt_ext.engine.model_store import TINY_MODEL
 
 TOL = {"p50": 0.20, "p95": 0.20, "p99": 0.30, "completion": 0.05}
 TOKEN_BUDGET = 512
@@ -76,7 +77,8 @@ def profile_engine(out: Path, threads: int) -> Path:
     HTTP terms come from the validation's own server (``add_http_terms``)."""
     from srt_ext.profile_cli import measure, write_profile
 
-    ns = argparse.Namespace(model_path=None, device="cpu", max_tokens=2048, repeats=5, warmup=1,
+    ns = argparse.Namespace(model_path=TINY_MODEL, dtype="auto", device="cpu", max_tokens=2048,
+                            repeats=5, warmup=1,
                             decode_batches="1,4", kv_capacity_tokens=16384,
                             name="validate-cpu", out=str(out), threads=threads, skip_http=True)  # fmt: skip
     write_profile(measure(ns), out)
@@ -239,7 +241,7 @@ def run(args: argparse.Namespace) -> int:
     results: dict[str, dict[str, dict[str, Side]]] = {}
     rows: list[dict[str, Any]] = []
     for pool in sorted({c.kv_capacity_tokens for c in cases}, reverse=True):
-        with launch_server(subprocess=True, max_total_tokens=pool, threads=args.threads,
+        with launch_server(subprocess=True, model_path=TINY_MODEL, max_total_tokens=pool, threads=args.threads,
                            cost_model=str(prof.resolve()), token_budget=TOKEN_BUDGET,
                            scheduler="fcfs", preemption="cost") as h:  # fmt: skip
             if not args.profile and "chunk_s" not in json.loads(prof.read_text())["fixed"]:

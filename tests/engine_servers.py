@@ -19,6 +19,8 @@ from typing import Any
 import httpx
 import pytest
 
+from srt_ext.engine.model_store import TINY_MODEL
+
 ENGINES = ("reference", "sglang")
 GREEDY = {"temperature": 0.0}  # SGLang's own default temperature is 1.0
 
@@ -73,7 +75,7 @@ class EngineServer:
 def _reference() -> Iterator[EngineServer]:
     from srt_ext.launch import launch_server
 
-    with launch_server(max_total_tokens=4096, token_budget=64, scheduler="fcfs", threads=1) as h:
+    with launch_server(model_path=TINY_MODEL, max_total_tokens=4096, token_budget=64, scheduler="fcfs", threads=1) as h:
         yield EngineServer("reference", h.url, h)
 
 

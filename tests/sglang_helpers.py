@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from srt_ext.engine.model_store import TINY_MODEL
 from srt_ext.sglang_engine.launch import SGLangServer, SGLangServerConfig
 
 # one per pytest process, whichever module asks first
@@ -28,7 +29,7 @@ _SHARED: dict[str, SGLangServer] = {}
 # per SGLang process (2 shared cores), the policy our streams use by default, and
 # 64-token prefill chunks so a prompt of a few hundred tokens takes several steps
 # (as the reference engine's token budget in the exactness tests)
-DEFAULT_CONFIG: dict[str, Any] = {"max_total_tokens": 4096, "threads": 1,
+DEFAULT_CONFIG: dict[str, Any] = {"model_path": TINY_MODEL, "max_total_tokens": 4096, "threads": 1,
                                   "chunked_prefill_size": 64, "policy": "ours"}
 # every sgl_kernel stand-in call of the session's servers lands here (pid op)
 SGL_KERNEL_TRACE = Path(tempfile.gettempdir()) / f"stream2llm-sgl-kernel-{os.getpid()}.trace"

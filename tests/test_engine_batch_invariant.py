@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from srt_ext.engine import ForwardItem, ReferenceEngine, exact_plan
 from srt_ext.engine import llama as llama_mod
 from srt_ext.engine.drive import DrivenStream, greedy_generate, run_streams
+from srt_ext.engine.model_store import TINY_MODEL
 from srt_ext.engine.probe import consistent_sizes
 from srt_ext.engine.shapes import SMOLLM2_135M, write_random_llama
 from srt_ext.engine.tiles import split_sizes
@@ -90,7 +91,7 @@ def test_probe_keeps_only_interchangeable_sizes():
 
 def test_probe_failure_falls_back_to_position_tiles(one_thread, monkeypatch, caplog):
     monkeypatch.setattr(exact_plan, "consistent_sizes", lambda op, sizes: ())
-    engine = ReferenceEngine(kv_capacity_tokens=512)
+    engine = ReferenceEngine(TINY_MODEL, kv_capacity_tokens=512)
     assert engine.dtype == torch.float32 and not engine.model.plan.sized
     assert "position layout" in caplog.text
     ids = ids_for(5, 70, engine.vocab_size)
@@ -101,7 +102,7 @@ def test_probe_failure_falls_back_to_position_tiles(one_thread, monkeypatch, cap
 
 
 def test_thread_count_is_pinned(one_thread):
-    engine = ReferenceEngine(kv_capacity_tokens=256)
+    engine = ReferenceEngine(TINY_MODEL, kv_capacity_tokens=256)
     slots = engine.allocator.alloc(3)
     torch.set_num_threads(2)
     try:

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from scheduler.cost_model import CostModel
+from srt_ext.engine.model_store import TINY_MODEL
 from stream2llm.cli import main
 
 pytestmark = pytest.mark.timeout(120)
@@ -40,7 +41,7 @@ def test_http_terms_on_a_real_server():
     from srt_ext.launch import launch_server
     from srt_ext.profile_fixed import http_terms_at
 
-    with launch_server(max_total_tokens=4096, threads=1) as h:  # in-thread: starts fastest
+    with launch_server(model_path=TINY_MODEL, max_total_tokens=4096, threads=1) as h:  # in-thread: starts fastest
         t = http_terms_at(h.url, repeats=3)
     assert set(t) == {"chunk_s", "ack_s", "request_s"}
     assert all(0 <= v < 5.0 for v in t.values()) and t["chunk_s"] > 0 and t["request_s"] > 0

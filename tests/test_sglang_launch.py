@@ -84,7 +84,7 @@ def test_serve_cli_engine_sglang_serves_and_stops(tmp_path: Path) -> None:
         port = s.getsockname()[1]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "stream2llm.cli", "serve", "--engine", "sglang",
-                             "--port", str(port), "--max-total-tokens", "2048"],
+                             "--model-path", "tiny-random", "--port", str(port), "--max-total-tokens", "2048"],
                             env=env, stderr=subprocess.PIPE, text=True)  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:

@@ -45,7 +45,7 @@ class SGLangStartupError(RuntimeError):
 class SGLangServerConfig:
     """What ``stream2llm serve --engine sglang`` and the tests launch."""
 
-    model_path: str | None = None  # None: the embedded tiny model
+    model_path: str | None = None  # a name or a dir (model_store.resolve_model); None: default
     host: str = "127.0.0.1"
     port: int = 0  # 0: a free port
     device: str = "cpu"
@@ -147,10 +147,10 @@ class SGLangServer:
 
     # ---- lifecycle -------------------------------------------------------
     def start(self, progress: bool = True) -> SGLangServer:
-        from srt_ext.engine.tiny_model import ensure_tiny_model
+        from srt_ext.engine.model_store import resolve_model
 
         cfg = self.cfg
-        model_path = cfg.model_path or str(ensure_tiny_model())
+        model_path = str(resolve_model(cfg.model_path))
         port = cfg.port or _free_port(cfg.host)
         self.url = f"http://{cfg.host}:{port}"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop())
