@@ -90,7 +90,8 @@ def measure(url: str, lengths: list[int], decode_tokens: int, repeats: int,
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model-path", default=None, help="Llama HF dir (default: the tiny model)")
+    ap.add_argument("--model-path", default="tiny-random",
+                    help="model name or Llama HF dir (default: tiny-random)")
     ap.add_argument("--engines", default="reference,sglang")
     ap.add_argument("--threads", type=int, default=1, help="torch/OMP threads per process")
     ap.add_argument("--lengths", default="128,512,1024")
@@ -105,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{engine}: starting")
         with running(engine, args.model_path, args.threads, args.pool) as url:
             results[engine] = measure(url, lengths, args.decode_tokens, args.repeats)
-    print(f"\nmodel {args.model_path or 'default (smollm2-135m-instruct)'}, {args.threads} thread(s), "
+    print(f"\nmodel {args.model_path}, {args.threads} thread(s), "
           f"{platform.processor() or platform.machine()}; client-side /generate latency, "
           f"median of {args.repeats}\n")  # fmt: skip
     print("| engine | " + " | ".join(f"prefill {n} (s, tok/s)" for n in lengths)
