@@ -79,6 +79,7 @@ class Outcome:
     server_ttft_s: float | None = None
     done_at: float = 0.0
     invalidated: int = 0
+    cached_tokens: int = 0  # input already computed when it became final (server's count)
     error: str | None = None
     output_ids: list[int] = field(default_factory=list)
 
@@ -174,6 +175,7 @@ async def replay_one(client: Any, q: Any, streaming: bool, t0: float, scale: flo
             first, res = await _first_token(client, rid)
     out.ttft_s, out.ttft_from_arrival_s = first - sent, first - arrival
     out.server_ttft_s = (res.get("meta_info") or {}).get("ttft_s")
+    out.cached_tokens = int((res.get("meta_info") or {}).get("cached_tokens") or 0)
     out.output_ids = list(res.get("output_ids") or [])
     out.done_at = time.perf_counter()
     return out

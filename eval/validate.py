@@ -50,6 +50,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--profile", default=None, help="reuse this profile JSON (default: measure)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (profile and server)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--calibrate", choices=["none", "cross-pass"], default="none",
+                   help="cross-pass: also simulate each mode with the engine slowed by what "
+                   "the other mode's pass measured (load drift on a shared machine)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=run)
     return p
@@ -65,6 +68,7 @@ class Side:
     unfinished: int
     busy_s: float = 0.0  # engine steps (measured: the worker's own clock)
     steps: int = 0
+    factor: float = 1.0  # engine slow-down applied (cross-pass calibration)
 
 
 def profile_engine(out: Path, threads: int) -> Path:
@@ -111,11 +115,39 @@ def measured(url: str, text_qs: list[Any], modes: list[str]) -> dict[str, Side]:
     return out
 
 
-def simulated(sim_qs: list[Any], case: Case, cm: Any) -> dict[str, Side]:
+def slowed(cm: Any, factor: float) -> Any:
+    """``cm`` with its engine ``factor`` times slower (step model, step overhead and
+    sampling); the HTTP terms and the preemption curves are left as measured."""
+    from scheduler.cost_model import CostModel
+
+    prof = json.loads(json.dumps(cm.profile))
+    for key in ("prefill", "decode", "chunk", "batch"):
+        if prof.get(key):
+            prof[key]["seconds"] = [t * factor for t in prof[key]["seconds"]]
+    for key in ("step_s", "sampled_token_s"):
+        prof["fixed"][key] = prof["fixed"].get(key, 0.0) * factor
+    return CostModel(prof)
+
+
+def cross_calibrated(sim_qs: list[Any], case: Case, cm: Any, meas: dict[str, Side],
+                     raw: dict[str, Side]) -> dict[str, Side]:  # fmt: skip
+    """Each mode simulated with the engine slowed by what the *other* mode's pass measured
+    (its worker step time / its simulated busy time): the machine's load drifts between
+    the profile and a pass, and no pass is predicted with its own timings."""
+    out = {}
+    for mode, other in (("non-streaming", "streaming"), ("streaming", "non-streaming")):
+        factor = meas[other].busy_s / raw[other].busy_s if raw[other].busy_s > 0 else 1.0
+        out[mode] = simulated(sim_qs, case, slowed(cm, factor), modes=(mode,))[mode]
+        out[mode].factor = factor
+    return out
+
+
+def simulated(sim_qs: list[Any], case: Case, cm: Any,
+              modes: tuple[str, ...] = ("non-streaming", "streaming")) -> dict[str, Side]:  # fmt: skip
     from eval.sim import SimConfig, simulate
 
     out = {}
-    for mode in ("non-streaming", "streaming"):
+    for mode in modes:
         cfg = SimConfig(policy="fcfs", preemption="cost", token_budget=TOKEN_BUDGET,
                         streaming=mode == "streaming", kv_capacity_tokens=case.kv_capacity_tokens,
                         page_size=1, host_factor=4.0, client_awaits_acks=True)  # fmt: skip
@@ -163,7 +195,9 @@ def plot_cdfs(results: dict[str, dict[str, dict[str, Side]]], path: Path) -> Pat
     fig, axes = plt.subplots(1, n, figsize=(3.6 * n, 3.4), squeeze=False)
     for ax, (case, sides) in zip(axes[0], results.items(), strict=True):
         for mode, colour in (("non-streaming", "tab:red"), ("streaming", "tab:blue")):
-            for kind, style in (("measured", "-"), ("simulated", "--")):
+            for kind, style in (("measured", "-"), ("simulated", "--"), ("calibrated", ":")):
+                if kind not in sides:
+                    continue
                 x = np.sort(np.asarray(sides[kind][mode].ttft_s, dtype=float))
                 if x.size:
                     ax.step(np.maximum(x, 1e-4), np.arange(1, x.size + 1) / x.size, style,
@@ -221,6 +255,16 @@ def run(args: argparse.Namespace) -> int:
                 sim = simulated(sim_qs, case, cm)
                 results[case.name] = {"measured": meas, "simulated": sim}
                 case_rows = compare(case.name, meas, sim)
+                if args.calibrate == "cross-pass":
+                    cal = cross_calibrated(sim_qs, case, cm, meas, sim)
+                    results[case.name]["calibrated"] = cal
+                    extra = compare(case.name + " (x-cal)", meas, cal)
+                    for mode, side in cal.items():
+                        extra.append({"case": case.name + " (x-cal)", "mode": mode,
+                                      "metric": "engine slow-down", "measured": None,
+                                      "simulated": side.factor, "err_%": None, "tol_%": None,
+                                      "verdict": "-"})  # fmt: skip
+                    case_rows += extra
                 rows += case_rows
                 if not args.quiet:  # each case as it ends: a long run shows its progress
                     print(format_table(case_rows, COLS), file=sys.stderr)

@@ -120,7 +120,7 @@ GPU_FIXED: dict[str, float | int | dict[str, str]] = {
         "ack_s": f"ESTIMATE: worker -> client chunk reply, from {_OUR_HTTP}.",
         "step_s": "ESTIMATE: CPU work per step not hidden behind the GPU (scheduling, batch "
         "metadata, launches). vLLM v0.6.0's profile of Llama 3 8B on one H100 puts scheduling "
-        "and input preparation at 29% of execution time with 38% on the GPU (blog.vllm.ai/"
+        "and input preparation at 29% of execution time (blog.vllm.ai/"
         "2024/09/05/perf-update.html); SGLang v0.4's overlap scheduler hides most of it "
         "(lmsys.org/blog/2024-12-04-sglang-v0-4, 'zero-overhead batch scheduler'). 1.5 ms is "
         "our estimate of what is left per step without overlap for streaming chunks.",

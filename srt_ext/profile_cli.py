@@ -194,7 +194,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     ns = sizes(args.max_tokens)
     batches = [int(b) for b in args.decode_batches.split(",") if b.strip()]
     contexts = sorted({min(ns[-1], 256), ns[-1] // 4 or 16, ns[-1]})
-    cap = max(ns[-1], max(b * (c + 1) for b in batches for c in contexts))
+    batch_ns = sorted({min(32, ns[-1]), min(128, ns[-1])})
+    cap = max(ns[-1], max(b * (c + 1) for b in batches for c in contexts), 8 * batch_ns[-1])
     engine = ReferenceEngine(args.model_path, device=args.device, kv_capacity_tokens=cap)
     if ns[-1] > engine.max_context_len:
         raise SystemExit(f"--max-tokens {ns[-1]} > the model's context {engine.max_context_len}")
@@ -225,7 +226,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                                                 rep, warm), 7))  # fmt: skip
     batch: dict[str, list] = {"items": [], "tokens": [], "seconds": []}
     for k in (4, 8):
-        for n in (32, 128):
+        for n in batch_ns:
             batch["items"].append(k)
             batch["tokens"].append(n)
             batch["seconds"].append(round(timed(partial(items_step_s, engine, [(0, n)] * k),

@@ -36,8 +36,10 @@ def test_quick_profile_loads(tmp_path):
 
 @pytest.mark.slow
 def test_http_terms_on_a_real_server():
-    from srt_ext.profile_fixed import http_terms
+    from srt_ext.launch import launch_server
+    from srt_ext.profile_fixed import http_terms_at
 
-    t = http_terms(None, threads=1, repeats=3)
+    with launch_server(max_total_tokens=4096, threads=1) as h:  # in-thread: starts fastest
+        t = http_terms_at(h.url, repeats=3)
     assert set(t) == {"chunk_s", "ack_s", "request_s"}
     assert all(0 <= v < 5.0 for v in t.values()) and t["chunk_s"] > 0 and t["request_s"] > 0
