@@ -183,6 +183,35 @@ def test_router_restart(cluster: Cluster):
     asyncio.run(run())
 
 
+def test_frontend_program_through_the_cluster(cluster: Cluster):
+    """An SGLang frontend program with streamed context, pointed at the cluster URL
+    unchanged, equals the same stream sent with the client."""
+    import sglang as sgl
+
+    from srt_ext.client import Client
+    from srt_ext.frontend import StreamingEndpoint, stream_context
+
+    docs = ["The with statement wraps a block. ", "A try statement handles exceptions. "]
+
+    @sgl.function
+    def rag(s, chunks):  # type: ignore[no-untyped-def]
+        s += "Context:\n"
+        s += stream_context(chunks, mode="append")
+        s += "Question: what is with?\nAnswer:"
+        s += sgl.gen("answer", max_tokens=6, temperature=0)
+
+    c = Client(cluster.url)
+    before = c.stats()["streams_open"]  # earlier tests leave some open on purpose
+    state = rag.run(chunks=iter(docs), backend=StreamingEndpoint(cluster.url))
+    rid = c.open_stream(mode="append", text="Context:\n")
+    for d in docs:
+        c.send_chunk(rid, text=d)
+    c.send_chunk(rid, text="Question: what is with?\nAnswer:", final=True,
+                 sampling_params={"max_new_tokens": 6, "temperature": 0})
+    assert c.result(rid)["text"] == state["answer"]
+    assert c.stats()["streams_open"] == before and len(c.stats()["replicas"]) == 3
+
+
 def test_sigterm_drains_together(cluster: Cluster):
     """Last (it stops the module's cluster): new work is refused at once, a stream
     already open still gets its final chunk through the router to its draining

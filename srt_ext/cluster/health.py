@@ -44,7 +44,9 @@ async def cluster_health(http: httpx.AsyncClient, router_url: str, replica_urls:
 
 async def cluster_stats(http: httpx.AsyncClient, replica_urls: list[str],
                         headers: dict[str, str]) -> dict[str, Any]:  # fmt: skip
-    """Each replica's ``/v1/stats`` and the sum of their numeric fields."""
+    """The sum of the replicas' numeric ``/v1/stats`` fields (a single server's shape,
+    so clients that read ``streams_open`` work unchanged) plus ``replicas``: each
+    replica's own answer (None: unreachable)."""
 
     async def one(url: str) -> dict[str, Any] | None:
         try:
@@ -59,4 +61,4 @@ async def cluster_stats(http: httpx.AsyncClient, replica_urls: list[str],
         for k, v in (s or {}).items():
             if isinstance(v, int | float) and not isinstance(v, bool):
                 total[k] = total.get(k, 0) + v
-    return {"total": total, "replicas": per}
+    return {**total, "replicas": per}
