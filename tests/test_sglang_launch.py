@@ -55,6 +55,8 @@ def test_no_model_is_disabled_for_an_unknown_model_type(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_startup_failure_reports_the_log(tmp_path: Path) -> None:
+    # a checkpoint dir our side accepts (it has a config.json) but SGLang cannot load
+    (tmp_path / "config.json").write_text('{"architectures": ["LlamaForCausalLM"], "model_type": "llama"}')
     bad = SGLangServer(SGLangServerConfig(model_path=str(tmp_path), startup_timeout=300),
                        log_path=tmp_path / "server.log")  # fmt: skip
     with pytest.raises(RuntimeError, match="exited with"):
