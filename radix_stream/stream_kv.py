@@ -316,11 +316,62 @@ class StreamKVCache:
         chain = self.tree.exclusive_chain(s.node, own_locks=1)
         return sum(len(n.value) for n in chain) + len(s.private)
 
+    def held_by_rank(self, rids: Sequence[str]) -> list[int]:
+        """Device slots per stream, each tree node counted once, for the first
+        stream of ``rids`` (ranked highest first) whose path holds it.
+
+        Why: streams that share a prefix each free nothing of it alone
+        (``held_tokens`` is 0 for a node another stream locks), yet preempting all of
+        them frees it. Summed over the streams ranked below one, this is what
+        preempting all of those would free (or make evictable); per-stream
+        ``held_tokens`` missed shared parts, and the scheduler then waited forever
+        for memory that lower-ranked streams held together.
+        """
+        seen: set[int] = set()
+        out: list[int] = []
+        root = self.tree.root_node
+        for rid in rids:
+            s = self._get(rid)
+            n = len(s.private)
+            node = s.node if s.pinned else root
+            while node is not root and id(node) not in seen:
+                seen.add(id(node))
+                n += len(node.value)
+                node = node.parent
+            out.append(n)
+        return out
+
+    def path_node_ids(self, rids: Sequence[str]) -> set[int]:
+        """Ids of the tree nodes the pinned paths of ``rids`` hold."""
+        seen: set[int] = set()
+        root = self.tree.root_node
+        for rid in rids:
+            s = self._get(rid)
+            node = s.node if s.pinned else root
+            while node is not root and id(node) not in seen:
+                seen.add(id(node))
+                node = node.parent
+        return seen
+
+    def holds_beyond(self, rid: str, others: set[int]) -> bool:
+        """Whether the stream holds device KV outside the nodes ``others`` (from
+        ``path_node_ids``): preempting it then frees memory, now or once the other
+        holders of its shared part are preempted too."""
+        s = self._get(rid)
+        if not s.pinned:
+            return False
+        return len(s.private) > 0 or (
+            s.node is not self.tree.root_node and id(s.node) not in others
+        )
+
     def pin(self, rid: str) -> int:
         """Hold the stream's path again after ``unpin``: re-match what is still
         cached (LRU may have taken the tail); returns the new computed length."""
         s = self._get(rid)
         if s.pinned:
+            return s.computed
+        if s.swapped is not None:  # its host copy continues the prefix: match exactly that
+            self._pin_swapped(s)
             return s.computed
         tokens = s.tokens
         s.node, s.tree_len, s.tokens, s.pinned = self.tree.root_node, 0, array("q"), True
@@ -343,7 +394,8 @@ class StreamKVCache:
     def preempt(self, rid: str, mode: PreemptMode) -> PreemptResult:
         """Free the stream's exclusive KV now. ``swap`` copies it to the host
         pool first (restored by ``resume``); ``recompute`` drops it. The stream
-        keeps its shared prefix (which preempting would not free anyway)."""
+        keeps its shared prefix, unlocked (see ``_release``); ``resume`` makes it
+        resident again before its next ``reserve``."""
         s = self._get(rid)
         if s.reserved or not s.pinned or s.swapped is not None:
             raise StreamKVError(f"stream {rid!r} cannot be preempted now")
@@ -372,7 +424,24 @@ class StreamKVCache:
             del s.tokens[start:]
         else:
             s.tokens = keep_tokens  # remembered for swap-in; computed restored then
+        self._release(s)
         return PreemptResult(mode, freed, n if s.swapped else 0)
+
+    def _release(self, s: StreamRecord) -> None:
+        """Drop a preempted stream's lock on the prefix it still shares.
+
+        Why: a preempted stream is never a victim again until it runs, so a lock
+        it kept would pin that prefix for as long as it waits. When the streams it
+        shared the prefix with are preempted or finish, nobody can free it, and
+        ``held_tokens`` of each holder does not count it (the other's lock covers
+        it): a higher-ranked stream then waits forever for memory that exists (the
+        swap hang of tests/test_real_model_exact.py). Unlocked, the prefix stays
+        cached while others use it and is evictable otherwise; ``resume`` re-matches
+        it (and falls back to recompute when LRU took part of it).
+        """
+        if s.pinned:
+            self.tree.dec_lock_ref(s.node)
+            s.node, s.pinned = self.tree.root_node, False
 
     def computed_resident(self, rid: str) -> int:
         """Computed tokens whose KV is on the device (excludes swapped-out KV)."""
@@ -383,15 +452,17 @@ class StreamKVCache:
         """Make the stream resident: swap its KV back in (False if the pool has
         no room now), or re-pin it after ``unpin``."""
         s = self._get(rid)
-        if not s.pinned:
-            self.pin(rid)
         if s.swapped is None:
+            self.pin(rid)
             return True
         sw = s.swapped
+        if not s.pinned and not self._pin_swapped(s):
+            return True  # the prefix was evicted: the host copy was dropped (recompute)
         tokens = s.tokens[sw.start :]
         need = self._ceil(len(tokens))
         got = self._alloc(need)
         if got is None:
+            self._release(s)  # waiting again: pin nothing meanwhile
             return False
         if self.mover is not None and sw.host_kv is not None:
             self.mover.to_device(sw.host_kv, got[: len(tokens)])
@@ -400,6 +471,22 @@ class StreamKVCache:
         s.private, s.reserved = got, len(tokens)
         self.commit(rid, tokens)
         return True
+
+    def _pin_swapped(self, s: StreamRecord) -> bool:
+        """Lock the device prefix a swapped-out stream's host copy continues; False
+        (host copy dropped, the stream keeps what is still cached) when LRU evicted
+        part of it, since the copy cannot be placed after a gap."""
+        sw = s.swapped
+        assert sw is not None
+        node, matched = self.tree.match_from(self.tree.root_node, s.tokens[: sw.start], s.extra_key)
+        s.node, s.pinned = self.tree.root_node, True
+        self._move_lock(s, node)
+        s.tree_len = matched
+        if matched == sw.start:
+            return True
+        self._drop_swap(s)
+        del s.tokens[matched:]
+        return False
 
     def _drop_swap(self, s: StreamRecord) -> None:
         if s.swapped is not None:

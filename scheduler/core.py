@@ -254,7 +254,11 @@ class Scheduler:
         return out, need <= self.kv.available()
 
     def _plan_with_memory(self, order: list[Stream], now: float = 0.0) -> list[tuple[Stream, int]]:
-        held = [self.kv.held_tokens(s.rid) if s.computed else 0 for s in order]
+        by_rank = getattr(self.kv, "held_by_rank", None)  # shared prefixes counted once
+        if by_rank is not None:
+            held = by_rank([s.rid for s in order])
+        else:
+            held = [self.kv.held_tokens(s.rid) if s.computed else 0 for s in order]
         mem = self.kv.available() + sum(held)
         budget = self.token_budget
         max_items = self.max_batch or 1 << 30
@@ -303,17 +307,24 @@ class Scheduler:
                 rank = {id(s): i for i, s in enumerate(full)}
                 vi = 0
             r = rank[id(for_s)]
+            kept: set[int] | None = None
             while vi < len(victims):
                 v = victims[vi]
                 vi += 1
                 if v.in_flight or v.preempted or rank[id(v)] < r or not v.computed:
                     continue
                 held = self.kv.held_tokens(v.rid)
-                if held <= 0:
-                    continue
+                if held <= 0:  # all shared: useful only if the sharers are victims too
+                    if kept is None:
+                        kept = self._kept_nodes(full_rank(), r, victims[vi - 1 :])
+                    if kept is None or not self.kv.holds_beyond(v.rid, kept):
+                        continue
                 self._preempt(v, self.rule.choose(held, n), plan)
                 return True
             return False
+
+        def full_rank() -> list[Stream]:
+            return order if order is not None else self.full_order(now)
 
         batch = self._reserve_batch(chosen) if order is None else {}
         for s, n in chosen:
@@ -351,6 +362,18 @@ class Scheduler:
             s.in_flight = True
             s.last_sched_s = now
             self._touch(s)
+
+    def _kept_nodes(self, full: list[Stream], r: int, later: list[Stream]) -> set[int] | None:
+        """Tree nodes that streams which stay resident hold (every stream but the
+        victims still to come, ``later``, ranked at or below ``r``); None when the KV
+        manager cannot say. A victim whose path leaves these nodes frees that part
+        once it and the later victims sharing it are preempted."""
+        ids = getattr(self.kv, "path_node_ids", None)
+        if ids is None:
+            return None
+        rank = {id(s): i for i, s in enumerate(full)}
+        going = {id(v) for v in later if rank[id(v)] >= r and not v.in_flight}
+        return ids([s.rid for s in full if id(s) not in going])  # type: ignore[no-any-return]
 
     def _reserve_batch(self, chosen: list[tuple[Stream, int]]) -> dict[int, Any]:
         """Fast path (the plan fits in free + evictable memory): reserve every resident
@@ -413,8 +436,12 @@ class Scheduler:
 
     def _truncate(self, s: Stream) -> None:
         """Cut the KV to the LCP of what is computed and the new input."""
+        self._cut(s, s.input_ids)
+
+    def _cut(self, s: Stream, ids: list[int]) -> None:
+        """Cut the KV to the LCP with ``ids``; a swapped copy past the cut is gone."""
         before = s.computed
-        self.kv.truncate(s.rid, s.input_ids)
+        self.kv.truncate(s.rid, ids)
         s.computed = self.kv.computed(s.rid)
         lost = before - s.computed
         if lost > 0:
@@ -427,8 +454,7 @@ class Scheduler:
         """A final input fully cached (identical update, prefix hit) still needs one
         token computed to sample from: recompute the last input token."""
         if s.final and not s.outputs and s.pending <= 0 and s.input_ids:
-            self.kv.truncate(s.rid, s.input_ids[:-1])
-            s.computed = self.kv.computed(s.rid)
+            self._cut(s, s.input_ids[:-1])
 
     def _preempt(self, v: Stream, kind: str, plan: StepPlan) -> None:
         before = v.computed
@@ -455,11 +481,11 @@ class Scheduler:
             ok = self.kv.resume(s.rid)
         if not ok:
             return False
-        if s.swapped_tokens:
-            plan.swapped_in.append((s.rid, s.swapped_tokens))
+        before, s.computed = s.computed, self.kv.computed(s.rid)
+        if s.swapped_tokens and s.computed >= before:  # else: the prefix was evicted and
+            plan.swapped_in.append((s.rid, s.swapped_tokens))  # the host copy dropped
             self.stats["swap_in_tokens"] += s.swapped_tokens
         s.preempted, s.swapped_tokens = None, 0
-        s.computed = self.kv.computed(s.rid)
         self._ensure_sampleable(s)
         self._touch(s)
         return True

@@ -158,6 +158,8 @@ def test_recompute_preemption_frees_exclusive_kv_and_keeps_shared(page: int) -> 
     assert res.freed == held and f.kv.stats().free == free + held
     assert f.kv.computed("a") == 16  # falls back to the shared template
     f.kv.check()
+    assert not f.kv.is_resident("a")  # waits unpinned: its prefix pins nothing
+    assert f.kv.resume("a") and f.kv.computed("a") == 16
     f.compute("a", a, 16)
     f.assert_content("a")
 
@@ -256,3 +258,42 @@ def test_reserve_many_equals_one_by_one_reserve(page: int) -> None:
     assert f.kv.reserve_many([("a", 1), ("b", 10_000)]) is None  # all or nothing
     assert f.kv._streams["a"].reserved == 0
     f.kv.check()
+
+
+@pytest.mark.parametrize("page", [1, 4])
+def test_preempted_stream_pins_no_shared_prefix_and_resumes_exactly(page: int) -> None:
+    """Two twins share one prefix: neither frees it alone (``held_tokens``), both do
+    together (``held_by_rank``); the swapped one locks nothing while it waits."""
+    f = FakeKV(128, page)
+    ids = TEMPLATE + doc(1) + doc(2)
+    for rid in ("a", "b"):
+        f.kv.open(rid)
+        f.kv.reuse_prefix(rid, ids)
+        f.compute(rid, ids, len(ids) - f.kv.computed(rid))
+    assert f.kv.held_tokens("a") == f.kv.held_tokens("b") == 0
+    assert f.kv.held_by_rank(["a", "b"]) == [len(ids), 0]
+    assert f.kv.preempt("b", "swap").freed == 0  # nothing exclusive: nothing to move
+    assert f.kv.held_tokens("a") == len(ids)  # b's lock no longer hides the prefix
+    res = f.kv.preempt("a", "swap")
+    assert res.mode == "swap" and res.freed == len(ids) and f.kv.stats().pinned == 0
+    f.content[:] = -7
+    assert f.kv.resume("a") and f.kv.resume("b")
+    f.kv.check()
+    for rid in ("a", "b"):
+        assert f.kv.token_ids(rid) == ids
+        f.assert_content(rid)
+
+
+def test_swapped_stream_whose_prefix_was_evicted_resumes_by_recompute() -> None:
+    f = FakeKV(128, 1)
+    f.kv.open("a")
+    f.kv.open("b")
+    f.compute("a", TEMPLATE + doc(1), 24)
+    f.kv.reuse_prefix("b", TEMPLATE)
+    f.compute("b", TEMPLATE + doc(2), 8)
+    assert f.kv.preempt("b", "swap").swapped == 8  # its template stays in the tree
+    f.kv.close("a", keep_cache=False)
+    f.kv.tree.evict_tokens(f.kv.tree.evictable_size())  # LRU takes the template too
+    assert f.kv.resume("b")  # the copy cannot follow a gap: dropped, not restored
+    f.kv.check()
+    assert f.kv.computed("b") == 0 and f.kv.stats().host == 0 and f.kv.is_resident("b")

@@ -3,8 +3,8 @@
 Chat-template prompts are streamed as TEXT chunks laid out by retrievers/prompt.py
 (the server tokenizes each chunk on its own), as append chunks and as update
 versions, four streams at once, against a KV pool too small for all of them, so
-preemption really runs (recompute; the swap case is skipped: SWAP_HANG). The reference is one-shot greedy decoding of the
-whole conversation's text on a separate in-process engine (its own cache: nothing
+preemption really runs (recompute and swap). The reference is one-shot greedy
+decoding of the whole conversation's text on a separate in-process engine (its own cache: nothing
 the server computed is reused). Short prompts and few new tokens: the real model's
 exact CPU path is not fast.
 """
@@ -90,13 +90,7 @@ async def _streams(url: str, cases: list[dict], kind: str) -> list[tuple[int, li
         return [(i, o) for (i, _), o in zip(jobs, outs, strict=True)]
 
 
-SWAP_HANG = ("open bug: with swap preemption and four streams whose first pieces overfill "
-             "the pool, a request sometimes never finishes (client ReadTimeout after ~300 s; "
-             "1 pass, 2 hangs on the loaded dev machine); skipped until the scheduler is fixed")
-
-
-@pytest.mark.parametrize("preemption", [
-    "recompute", pytest.param("swap", marks=pytest.mark.skip(reason=SWAP_HANG))])
+@pytest.mark.parametrize("preemption", ["recompute", "swap"])
 def test_streamed_chat_prompts_equal_one_shot(cases, reference, preemption) -> None:
     lengths = [len(TokenizerRoom(resolve_model(None)).encode(c["whole"])) for c in cases]
     pool = max(lengths) + 2 * NEW + 16  # one stream fits; four first pieces do not
