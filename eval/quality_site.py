@@ -18,13 +18,10 @@ from __future__ import annotations
 
 import html
 import re
-import sys
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from functools import partial
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from http.server import SimpleHTTPRequestHandler
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -33,6 +30,7 @@ from rank_bm25 import BM25Okapi
 
 from retrievers.corpus import Passage
 from retrievers.relevance import terms
+from retrievers.site import serve_directory
 
 
 def page_path(passage_id: str) -> str:
@@ -104,26 +102,10 @@ class _DelayedHandler(SimpleHTTPRequestHandler):
         super().do_GET()
 
 
-class _QuietServer(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def handle_error(self, request: object, client_address: object) -> None:
-        """A crawl that has its pages closes connections mid-response; that is normal."""
-        if not isinstance(sys.exc_info()[1], ConnectionError):
-            super().handle_error(request, client_address)  # type: ignore[arg-type]
-
-
 @contextmanager
 def serve_corpus_site(root: str | Path, *, delay_s: float = 0.0) -> Iterator[str]:
     """Serve ``root`` on 127.0.0.1 (ephemeral port) with ``delay_s`` per passage
     page; yields the base URL."""
     handler = type("CorpusHandler", (_DelayedHandler,), {"delay_s": delay_s})
-    server = _QuietServer(("127.0.0.1", 0), partial(handler, directory=str(root)))
-    thread = threading.Thread(target=server.serve_forever, name="s2l-corpus-site", daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    with serve_directory(root, handler, name="s2l-corpus-site") as url:
+        yield url

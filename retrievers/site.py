@@ -139,18 +139,13 @@ class _QuietServer(ThreadingHTTPServer):
 
 
 @contextmanager
-def serve_site(root: str | Path | None = None, *, slow_s: float = 1.0) -> Iterator[str]:
-    """Serve ``root`` (default: a freshly generated site in a temp dir) on
-    127.0.0.1 with an ephemeral port in a background thread; yields the base URL
-    (``http://127.0.0.1:PORT``) and shuts the server down on exit."""
-    tmp = None
-    if root is None:
-        tmp = tempfile.TemporaryDirectory(prefix="s2l-site-")
-        generate_site(tmp.name)
-        root = tmp.name
-    handler = type("SiteHandler", (_Handler,), {"slow_s": slow_s})
+def serve_directory(
+    root: str | Path, handler: type[SimpleHTTPRequestHandler], name: str = "s2l-site"
+) -> Iterator[str]:
+    """Serve ``root`` with ``handler`` on 127.0.0.1 (ephemeral port) in a background
+    thread; yields the base URL and shuts the server down on exit."""
     server = _QuietServer(("127.0.0.1", 0), partial(handler, directory=str(root)))
-    thread = threading.Thread(target=server.serve_forever, name="s2l-site", daemon=True)
+    thread = threading.Thread(target=server.serve_forever, name=name, daemon=True)
     thread.start()
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}"
@@ -158,5 +153,17 @@ def serve_site(root: str | Path | None = None, *, slow_s: float = 1.0) -> Iterat
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
-        if tmp is not None:
-            tmp.cleanup()
+
+
+@contextmanager
+def serve_site(root: str | Path | None = None, *, slow_s: float = 1.0) -> Iterator[str]:
+    """Serve ``root`` (default: a freshly generated site in a temp dir) on
+    127.0.0.1 with an ephemeral port in a background thread; yields the base URL
+    (``http://127.0.0.1:PORT``) and shuts the server down on exit."""
+    with tempfile.TemporaryDirectory(prefix="s2l-site-") as tmp:
+        if root is None:
+            generate_site(tmp)
+            root = tmp
+        handler = type("SiteHandler", (_Handler,), {"slow_s": slow_s})
+        with serve_directory(root, handler) as url:
+            yield url
