@@ -75,10 +75,24 @@ def timed(fn: Callable[[], float], repeats: int, warmup: int) -> float:
     return statistics.median(fn() for _ in range(max(1, repeats)))
 
 
+def forward_s(engine: Any, items: list[Any]) -> float:
+    """Seconds of one engine step over ``items``, device work included (synchronized
+    before and after on CUDA, where kernels run asynchronously)."""
+    import torch
+
+    cuda = engine.device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize(engine.device)
+    t0 = time.perf_counter()
+    engine.forward(items)
+    if cuda:
+        torch.cuda.synchronize(engine.device)
+    return time.perf_counter() - t0
+
+
 def prefill_s(engine: Any, n: int) -> float:
     """One forward of ``n`` tokens from scratch, sampling nothing (the LM head and
     sampler are the profile's ``fixed.sampled_token_s``, charged per sampling row)."""
-    import torch
 
     from srt_ext.engine import ForwardItem
 
@@ -87,13 +101,7 @@ def prefill_s(engine: Any, n: int) -> float:
         raise RuntimeError(f"KV pool too small to profile {n} tokens")
     ids = [(n * 131 + i * 17) % engine.vocab_size for i in range(n)]
     try:
-        if engine.device.type == "cuda":
-            torch.cuda.synchronize(engine.device)
-        t0 = time.perf_counter()
-        engine.forward([ForwardItem("profile", ids, 0, slots[:0], slots, sample=False)])
-        if engine.device.type == "cuda":
-            torch.cuda.synchronize(engine.device)
-        return time.perf_counter() - t0
+        return forward_s(engine, [ForwardItem("profile", ids, 0, slots[:0], slots, sample=False)])
     finally:
         engine.allocator.free(slots)
 
@@ -101,7 +109,6 @@ def prefill_s(engine: Any, n: int) -> float:
 def items_step_s(engine: Any, items: list[tuple[int, int]]) -> float:
     """One forward over ``(start, n)`` prefill items (the first ``start`` positions'
     KV is whatever the pool holds: timing does not depend on it), sampling nothing."""
-    import torch
 
     from srt_ext.engine import ForwardItem
 
@@ -115,13 +122,7 @@ def items_step_s(engine: Any, items: list[tuple[int, int]]) -> float:
         fwd.append(ForwardItem(f"c{k}", ids, st, row[:st], row[st:], sample=False))
         off += st + n
     try:
-        if engine.device.type == "cuda":
-            torch.cuda.synchronize(engine.device)
-        t0 = time.perf_counter()
-        engine.forward(fwd)
-        if engine.device.type == "cuda":
-            torch.cuda.synchronize(engine.device)
-        return time.perf_counter() - t0
+        return forward_s(engine, fwd)
     finally:
         engine.allocator.free(slots)
 
@@ -129,7 +130,6 @@ def items_step_s(engine: Any, items: list[tuple[int, int]]) -> float:
 def decode_step_s(engine: Any, batch: int, context: int, repeats: int, warmup: int) -> float:
     """One decode step of ``batch`` requests at ``context`` tokens each (KV content
     is whatever the pool holds: timing does not depend on it)."""
-    import torch
 
     from srt_ext.engine import ForwardItem
 
@@ -142,17 +142,8 @@ def decode_step_s(engine: Any, batch: int, context: int, repeats: int, warmup: i
         for b in range(batch)
     ]
 
-    def once() -> float:
-        if engine.device.type == "cuda":
-            torch.cuda.synchronize(engine.device)
-        t0 = time.perf_counter()
-        engine.forward(items)
-        if engine.device.type == "cuda":
-            torch.cuda.synchronize(engine.device)
-        return time.perf_counter() - t0
-
     try:
-        return timed(once, repeats, warmup)
+        return timed(lambda: forward_s(engine, items), repeats, warmup)
     finally:
         engine.allocator.free(slots)
 
