@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 from eval.sim import SimConfig, SimResult, non_streaming, simulate
 from scheduler.cost_model import CostModel
-from scheduler.trace import Query
+from stream2llm.trace import Query
 
 POLICIES = ("random", "round_robin", "least_kv", "stream_aware")
 

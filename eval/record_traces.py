@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from scheduler.trace import Chunk, Query, read_trace, write_trace
+from stream2llm.trace import Chunk, Query, read_trace, write_trace
 
 K = 10  # documents per version, as the paper's ANNS driver
 VARIANTS = (("beam", "score"), ("shards", "score"), ("shards", "stable"))

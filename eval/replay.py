@@ -96,7 +96,7 @@ def fit_context(q: Any, max_words: int) -> Any:
     """``q`` with every input cut to ``max_words`` words (text traces), so a trace
     drawn for an 8B model's context fits a small model's: append keeps the chunks
     (and times) up to the budget, update cuts each version's tail."""
-    from scheduler.trace import Chunk, Query
+    from stream2llm.trace import Chunk, Query
 
     chunks, used = [], 0
     for c in q.chunks:

@@ -41,7 +41,7 @@ from scheduler.cost_model import CostModel
 from scheduler.plan import StepPlan
 from scheduler.policies import get_policy
 from scheduler.stream import InputTooLong, SamplingParams
-from scheduler.trace import Chunk, Query
+from stream2llm.trace import Chunk, Query
 
 _CHUNK, _STEP, _WAKE = 0, 1, 2  # _WAKE: a policy's hold ends (StepPlan.retry_at)
 

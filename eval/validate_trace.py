@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from scheduler.trace import Chunk, Query
+from stream2llm.trace import Chunk, Query
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 The paper's crawler (append) and ANNS (update) traces are not downloadable, so we draw
 queries whose chunk counts, gaps, sizes and durations match the quantiles the artifact
 reports (docs/workloads.md has the fitting and a generated-vs-published table). Output is
-``scheduler.trace.Query`` so generated and recorded traces replay through the same code.
+``stream2llm.trace.Query`` so generated and recorded traces replay through the same code.
 
 Randomness: one ``numpy.random.Generator`` per concern (arrivals, content), spawned from
 the seed and drawn query by query, so the first k queries of a run with N > k queries are
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from scheduler.trace import Chunk, Mode, Query, read_trace
+from stream2llm.trace import Chunk, Mode, Query, read_trace
 
 WORKLOADS = ("crawler", "anns")
 

@@ -13,7 +13,7 @@ is the model's chat layout, or PLAIN_LAYOUT for a model without a template.
 an async iterator: the REST client opens the request on the first pair,
 appends/updates on each later one, and finishes on ``final``. The
 ``*_query`` functions consume the same iterators and stamp each chunk with its
-offset from the start, giving a :class:`scheduler.trace.Query` that replays in
+offset from the start, giving a :class:`stream2llm.trace.Query` that replays in
 ``stream2llm sim`` / ``replay`` exactly as it happened.
 """
 
@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from retrievers.crawler import CrawlStats, Page, crawl
 from retrievers.progressive import Version, progressive_search
 from retrievers.prompt import PLAIN_LAYOUT, PromptLayout
-from scheduler.trace import Chunk, Mode, Query
+from stream2llm.trace import Chunk, Mode, Query
 
 if TYPE_CHECKING:
     from retrievers.hnsw import HnswIndex

@@ -10,7 +10,7 @@ import torch
 from eval.cluster_sim import ClusterConfig, assign, simulate_cluster
 from eval.sim import SimConfig, simulate
 from eval.workloads import load_workload
-from scheduler.trace import Chunk, Query
+from stream2llm.trace import Chunk, Query
 
 
 @pytest.fixture(autouse=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from eval.record_traces import expand, lcp_profile
-from scheduler.trace import Chunk, Query
+from stream2llm.trace import Chunk, Query
 
 
 def _q(qid: str, versions: list[list[int]], mode: str = "update") -> Query:

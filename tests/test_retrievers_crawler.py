@@ -12,7 +12,7 @@ from retrievers.crawler import CrawlConfig, CrawlStats, Page, crawl
 from retrievers.htmltext import html_to_text, normalize_url
 from retrievers.relevance import bm25_score
 from retrievers.stream import crawl_to_query
-from scheduler.trace import read_trace, write_trace
+from stream2llm.trace import read_trace, write_trace
 
 Q = "How does the Python with statement work?"
 SLOW_S = 1.0

@@ -12,7 +12,7 @@ from retrievers.corpus import Passage, builtin_passages, load_corpus, split_pass
 from retrievers.hnsw import HnswIndex, IndexFormatError, progressive_search, progressive_search_sync
 from retrievers.progressive import lcp_len, lcp_tokens, order_hits
 from retrievers.stream import search_to_query
-from scheduler.trace import read_trace, write_trace
+from stream2llm.trace import read_trace, write_trace
 
 QUESTIONS = [
     "How does the with statement call __enter__ and __exit__?",

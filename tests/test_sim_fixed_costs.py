@@ -7,7 +7,7 @@ import pytest
 from eval.sim import SimConfig, simulate, stretch_delays
 from eval.workloads import generate
 from scheduler.cost_model import CostModel, FixedCosts, attention_pairs
-from scheduler.trace import Chunk, Query
+from stream2llm.trace import Chunk, Query
 
 NS = [16 << i for i in range(8)]
 FIXED = {"request_s": 0.01, "chunk_s": 0.02, "ack_s": 0.005, "step_s": 0.003,

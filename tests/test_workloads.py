@@ -21,7 +21,7 @@ from eval.workloads import (
     main,
     summarize,
 )
-from scheduler.trace import read_trace, write_trace
+from stream2llm.trace import read_trace, write_trace
 
 HEAD = (*TEMPLATE_IDS, CONTEXT_ID)
 

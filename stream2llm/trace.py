@@ -11,6 +11,9 @@ trace collected by the crawler replays exactly like a synthetic one.
 ``t_s`` is the chunk's offset from the query's arrival. In append mode a chunk
 extends the input; in update mode it *is* the whole new input. The last chunk
 carries ``final: true`` (a non-streaming request is one final chunk).
+
+A neutral module: it imports nothing from the project, so every room (retrievers
+included, which must not depend on the scheduler) can read and write traces.
 """
 
 from __future__ import annotations
