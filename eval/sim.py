@@ -39,7 +39,7 @@ from typing import Any
 from scheduler.core import Scheduler
 from scheduler.cost_model import CostModel
 from scheduler.plan import StepPlan
-from scheduler.policies import get_policy
+from scheduler.registry import get_policy
 from scheduler.stream import InputTooLong, SamplingParams
 from stream2llm.trace import Chunk, Query
 

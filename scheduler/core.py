@@ -20,8 +20,9 @@ from typing import Any
 
 from scheduler.cost_model import CostModel
 from scheduler.plan import Event, PlanItem, Preemption, StepPlan
-from scheduler.policies import Policy, get_policy
+from scheduler.policies import Policy
 from scheduler.preemption import PreemptionMode, PreemptionRule
+from scheduler.registry import get_policy
 from scheduler.stream import (
     ChunkResult,
     DuplicateStream,

@@ -31,11 +31,10 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from scheduler.policies import Key, Policy, _t, register, work_class
+from scheduler.policies import Key, Policy, _t, work_class
 from scheduler.stream import Stream
 
 
-@register
 class OursPolicy(Policy):
     name = "ours"
     #: Rough prefill rate (tokens/s) that turns pending tokens into seconds. Only the

@@ -13,7 +13,6 @@ Classes used by the streaming policies (the paper's "complete before partial"):
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import ClassVar
 
 from scheduler.stream import Stream
@@ -120,25 +119,3 @@ class MCPSPolicy(Policy):
 
     def key(self, s: Stream, now: float) -> Key:
         return (work_class(s), -s.computed, s.seq)
-
-
-POLICIES: dict[str, Callable[[], Policy]] = {}
-
-
-def register(cls: type[Policy]) -> type[Policy]:
-    POLICIES[cls.name] = cls
-    return cls
-
-
-for _cls in (DefaultPolicy, FCFSPolicy, LCASPolicy, LCASDescPolicy, MCPSPolicy):
-    register(_cls)
-
-
-def get_policy(name: str) -> Policy:
-    """A fresh policy object by registry name (``ours`` and friends register on import)."""
-    import scheduler.ours  # noqa: F401  (registers our policies)
-
-    try:
-        return POLICIES[name]()
-    except KeyError:
-        raise ValueError(f"unknown policy {name!r}; known: {sorted(POLICIES)}") from None

@@ -86,7 +86,7 @@ def check_args(args: argparse.Namespace) -> str | None:
         logging.getLogger("stream2llm.server").warning(
             "serving on %s without --api-key: anyone who can reach it can use it", args.host
         )
-    from scheduler.policies import get_policy
+    from scheduler.registry import get_policy
 
     try:
         get_policy(args.scheduler)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from scheduler.policies import POLICIES, get_policy, work_class
+from scheduler.policies import work_class
+from scheduler.registry import POLICIES, get_policy
 from scheduler.stream import Stream
 
 

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from scheduler.cost_model import CostModel
-from scheduler.policies import Key, Policy, get_policy
+from scheduler.policies import Key, Policy
+from scheduler.registry import get_policy
 from scheduler.stream import Mode, Stream
 
 POLICY_ENV = "STREAM2LLM_POLICY"
