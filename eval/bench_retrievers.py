@@ -22,8 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from retrievers.corpus import builtin_passages  # noqa: E402
 from retrievers.embed import get_model  # noqa: E402
-from retrievers.hnsw import HnswIndex, IndexFormatError, progressive_search_sync  # noqa: E402
-from retrievers.progressive import Order, Strategy, lcp_len  # noqa: E402
+from retrievers.hnsw import HnswIndex, IndexFormatError  # noqa: E402
+from retrievers.progressive import Order, Strategy, lcp_len, progressive_search_sync  # noqa: E402
 
 QUESTIONS = """\
 How does the with statement call __enter__ and __exit__?

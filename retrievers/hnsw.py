@@ -6,8 +6,8 @@ Vectors are unit-norm MiniLM embeddings in inner-product space, so
 scan is what defines "the right answer" a progressive search must end on, and
 because re-embedding to rebuild would cost far more than the disk space.
 
-The progressive search itself lives in :mod:`retrievers.progressive` and is
-re-exported here (``progressive_search``, ``Version``).
+The progressive search itself lives in :mod:`retrievers.progressive` (import
+``progressive_search`` and ``Version`` from there).
 """
 
 from __future__ import annotations
@@ -189,11 +189,4 @@ class HnswIndex:
         return self.search_vector(self.embed_question(question), k, ef=ef)
 
 
-from retrievers.progressive import (  # noqa: E402  (re-export; progressive imports us lazily)
-    Version,
-    progressive_search,
-    progressive_search_sync,
-)
-
-__all__ = ["Hit", "HnswIndex", "IndexFormatError", "Version", "progressive_search",
-           "progressive_search_sync"]
+__all__ = ["Hit", "HnswIndex", "IndexFormatError"]

@@ -9,8 +9,14 @@ import numpy as np
 import pytest
 
 from retrievers.corpus import Passage, builtin_passages, load_corpus, split_passages
-from retrievers.hnsw import HnswIndex, IndexFormatError, progressive_search, progressive_search_sync
-from retrievers.progressive import lcp_len, lcp_tokens, order_hits
+from retrievers.hnsw import HnswIndex, IndexFormatError
+from retrievers.progressive import (
+    lcp_len,
+    lcp_tokens,
+    order_hits,
+    progressive_search,
+    progressive_search_sync,
+)
 from retrievers.stream import search_to_query
 from stream2llm.trace import read_trace, write_trace
 
