@@ -22,7 +22,7 @@ from srt_ext.disagg import (
     export_stream,
 )
 from srt_ext.disagg.decode import DecodeWorker
-from srt_ext.disagg.transfer import decode, encode
+from srt_ext.disagg.wire import decode, encode
 from srt_ext.engine import ForwardItem, ReferenceEngine
 from srt_ext.engine.drive import greedy_generate
 from srt_ext.engine.model_store import TINY_MODEL

@@ -5,13 +5,8 @@ See docs/disaggregation.md for the design and how it maps onto SGLang's own
 """
 
 from srt_ext.disagg.export import KVImportError, StreamKV, export_stream, import_stream
-from srt_ext.disagg.transfer import (
-    DecodeUnavailable,
-    KVReceiver,
-    KVSender,
-    TransferError,
-    TransferRejected,
-)
+from srt_ext.disagg.link import DecodeUnavailable, KVReceiver, KVSender, TransferRejected
+from srt_ext.disagg.wire import TransferError
 
 __all__ = [
     "DecodeUnavailable", "KVImportError", "KVReceiver", "KVSender", "StreamKV",

@@ -21,7 +21,7 @@ from typing import Any
 
 from srt_ext import messages as m
 from srt_ext.disagg.export import KVImportError, export_stream
-from srt_ext.disagg.transfer import KVSender
+from srt_ext.disagg.link import KVSender
 from srt_ext.worker_core import WorkerCore
 
 
