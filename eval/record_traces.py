@@ -208,7 +208,7 @@ def expand(
     token id widened to ``f`` consecutive ids so the mean final input matches the
     paper's (LCPs scale by exactly ``f``); copies get disjoint ids. Arrivals are
     Poisson at ``qps``; the first chunk's delay and the gaps are drawn from the
-    workload's fit (eval/workloads.py) and multiplied by ``delay_multiplier`` (the
+    workload's fit (eval/workloads/fits.py) and multiplied by ``delay_multiplier`` (the
     first delay too unless ``stretch_first`` is False).
     """
     from eval.workloads import FITS, PAPER_TARGETS, RESERVED
@@ -291,7 +291,7 @@ def run(args: argparse.Namespace) -> int:
         traces = record_all(out, cache, questions)
     rows = []
     synth = list(iter_generate("anns", 1.0, args.synthetic_queries, args.seed))
-    named = [("synthetic generator (eval/workloads.py)", synth)]
+    named = [("synthetic generator (eval/workloads)", synth)]
     named += [(n, qs) for n, qs in traces.items() if qs and qs[0].mode == "update"]
     for name, qs in named:
         p = lcp_profile(qs)
