@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from eval.record_traces import expand, lcp_profile
+from eval.lcp_profile import lcp_profile
+from eval.record_traces import expand
 from stream2llm.trace import Chunk, Query
 
 
