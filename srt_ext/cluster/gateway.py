@@ -135,6 +135,20 @@ def create_gateway_app(router_url: str, replica_urls: list[str] | None = None,
             return _as_error(r.status_code, r.content)
         return Response(r.content, status_code=r.status_code, media_type="application/json")
 
+    async def _send(request: Request, path: str, rid: str | None, method: str = "POST",
+                    **body: Any) -> httpx.Response | JSONResponse:  # fmt: skip
+        """One call to the router, answer streamed; an error answer comes back read and closed."""
+        req = _http().build_request(method, gw.router_url + path, headers=_headers(request, rid),
+                                    **body)  # fmt: skip
+        try:
+            resp = await _http().send(req, stream=True)
+        except httpx.HTTPError as exc:
+            return _err(502, f"router unreachable: {exc!r}")
+        if resp.status_code >= 400:
+            await resp.aread()
+            await resp.aclose()
+        return resp
+
     # ---- streams ------------------------------------------------------------------
     @app.post("/v1/streams", status_code=201, response_model=None)
     async def open_stream(body: OpenStreamRequest, request: Request) -> Any:
@@ -144,16 +158,11 @@ def create_gateway_app(router_url: str, replica_urls: list[str] | None = None,
         sp = body.sampling_params.model_dump(exclude_defaults=True)
         env = _envelope("open", rid, body.text, body.input_ids, stream=True, mode=body.mode,
                         final=body.final, sampling_params=sp, lease=True)  # fmt: skip
-        req = _http().build_request("POST", gw.router_url + "/generate", json=env,
-                                    headers=_headers(request, rid))  # fmt: skip
-        try:
-            resp = await _http().send(req, stream=True)
-        except httpx.HTTPError as exc:
-            return _err(502, f"router unreachable: {exc!r}")
+        resp = await _send(request, "/generate", rid, json=env)
+        if isinstance(resp, JSONResponse):
+            return resp
         if resp.status_code >= 400:
-            content = await resp.aread()
-            await resp.aclose()
-            return _as_error(resp.status_code, content)
+            return _as_error(resp.status_code, resp.content)
         lines = resp.aiter_lines()
         ack: dict[str, Any] | None = None
         try:
@@ -215,24 +224,19 @@ def create_gateway_app(router_url: str, replica_urls: list[str] | None = None,
         request the router could not deliver (its replica just died) is sent again;
         nothing of it ran, and a one-shot has no state to lose. Stream calls never
         retry: a chunk applied twice would corrupt its stream."""
-        for attempt in range(ONE_SHOT_TRIES if retry else 1):
-            if attempt:  # the router sent it to a replica that just died: its health
-                await asyncio.sleep(0.5 * attempt)  # checks drop that one within seconds
-            req = _http().build_request(method or request.method, gw.router_url + path,
-                                        content=content, headers=_headers(request, rid))  # fmt: skip
-            try:
-                resp = await _http().send(req, stream=True)
-            except httpx.HTTPError as exc:
-                return _err(502, f"router unreachable: {exc!r}")
-            if resp.status_code >= 400:
-                body = await resp.aread()
-                await resp.aclose()
-                if resp.status_code >= 500 and b"call_upstream_request_error" in body:
-                    continue
-                return _as_error(resp.status_code, body)
-            break
-        else:
-            return _as_error(resp.status_code, body)
+        attempt, tries = 0, ONE_SHOT_TRIES if retry else 1
+        while True:
+            resp = await _send(request, path, rid, method or request.method, content=content)
+            if isinstance(resp, JSONResponse):
+                return resp
+            if resp.status_code < 400:
+                break
+            undelivered = resp.status_code >= 500 and b"call_upstream_request_error" in resp.content
+            attempt += 1
+            if not undelivered or attempt == tries:
+                return _as_error(resp.status_code, resp.content)
+            # the router sent it to a replica that just died: its health checks drop that
+            await asyncio.sleep(0.5 * attempt)  # one within seconds
 
         async def relay() -> AsyncIterator[bytes]:
             try:
