@@ -47,7 +47,8 @@ def test_flush_before_each_pass_leaves_nothing_cached(server):
     """With the cache flushed, a final input replayed twice is computed twice."""
     import argparse
 
-    from eval.replay import fit_context, run_passes
+    from eval.replay import run_passes
+    from eval.replay_query import fit_context
     from eval.workloads import generate
 
     qs = [fit_context(q, 300) for q in generate("crawler", qps=4, num_queries=1, seed=1, text=True)]

@@ -6,7 +6,7 @@ from itertools import pairwise
 
 import pytest
 
-from eval.replay import whole_input
+from eval.replay_query import whole_input
 from eval.sim import non_streaming
 from eval.validate_trace import Case, build, scale_query
 from eval.workloads import generate
