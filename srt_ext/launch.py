@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 
-from srt_ext.server import ServerOptions
+from srt_ext.api.server import ServerOptions
 
 # ServerOptions passed on to `stream2llm serve` as --the-same-name
 RELIABILITY_FLAGS = ("stream_idle_timeout", "reader_disconnect", "max_input_tokens",
@@ -36,7 +36,7 @@ class ServerHandle:
         self._server, self._thread, self._proc = server, thread, proc
 
     def client(self, **kw: Any) -> Any:
-        from srt_ext.client import Client
+        from srt_ext.client.rest import Client
 
         return Client(self.url, api_key=self.api_key, **kw)
 
@@ -118,7 +118,7 @@ def launch_server(host: str = "127.0.0.1", port: int = 0, subprocess: bool = Fal
         return h
     import uvicorn
 
-    from srt_ext.server import create_app
+    from srt_ext.api.server import create_app
 
     sock = _free_socket(host) if port == 0 else None
     if sock is not None:

@@ -13,7 +13,7 @@ import httpx
 import pytest
 from server_helpers import prompt, server
 
-from srt_ext.client import Client, ServerError
+from srt_ext.client.rest import Client, ServerError
 from srt_ext.launch import ServerHandle, _free_socket, _wait_healthy
 
 pytestmark = pytest.mark.timeout(300)
@@ -37,7 +37,7 @@ def test_limits_count_per_api_key(tmp_path):
 
 
 def test_bad_api_key_file_is_a_clear_error(tmp_path):
-    from srt_ext.serve_cli import check_args
+    from srt_ext.cli.serve import check_args
     from stream2llm.cli import build_parser
 
     bad = tmp_path / "keys"

@@ -37,14 +37,14 @@ from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from srt_ext.api_models import (
+from srt_ext.api.limits import client_key
+from srt_ext.api.models import (
     ChunkRequest,
     GenerateRequest,
     OpenStreamRequest,
     SamplingParamsModel,
 )
-from srt_ext.limits import client_key
-from srt_ext.runtime import WorkerError
+from srt_ext.api.worker_link import WorkerError
 
 ENVELOPE = "stream2llm"  # the key in session_params
 
@@ -120,7 +120,7 @@ async def handle_stream_op(op: StreamOp, body: GenerateRequest, request: Request
     if body.stream:
         return StreamingResponse(s.sse(st, abort_on_disconnect=abort),
                                  media_type="text/event-stream")  # fmt: skip
-    from srt_ext.service import ReaderGone
+    from srt_ext.api.service import ReaderGone
 
     try:
         return s.result(await s.wait_read(st, request.is_disconnected, abort))
