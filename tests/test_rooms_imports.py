@@ -2,8 +2,8 @@
 
 * ``client/`` runs in the caller's process: it never imports the server's rooms;
 * ``worker/`` never imports ``api/`` (the worker process must not need FastAPI);
-* ``api/`` reaches the worker only through the shared ``srt_ext.messages`` and the
-  launcher (``worker.process``: start the child, its config); never ``worker.core``;
+* ``api/`` reaches the worker only through the shared ``srt_ext.messages``, its config and the
+  launcher (``worker.process``: start the child); never ``worker.core``;
 * ``engines/reference`` is below both rooms: it never imports ``api/``, ``worker/`` or
   ``client/``; ``engines/sglang`` serves our stream routes from inside SGLang's own server,
   so it reuses the API room's request models and tokenizer, and nothing else of the rooms.
@@ -24,7 +24,7 @@ SRT = ROOT / "srt_ext"
 RULES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "client": (("srt_ext.api", "srt_ext.worker", "srt_ext.engines"), ()),
     "worker": (("srt_ext.api", "srt_ext.client"), ()),
-    "api": (("srt_ext.worker", "srt_ext.client"), ("srt_ext.worker.process",)),
+    "api": (("srt_ext.worker", "srt_ext.client"), ("srt_ext.worker.process", "srt_ext.worker.config")),
     "engines/reference": (("srt_ext.api", "srt_ext.worker", "srt_ext.client"), ()),
     "engines/sglang": (("srt_ext.api", "srt_ext.worker", "srt_ext.client"),
                        ("srt_ext.api.models", "srt_ext.api.tokenizer")),

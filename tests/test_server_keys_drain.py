@@ -62,6 +62,29 @@ def test_plain_reader_disconnect_aborts():
         assert 'stream2llm_reaped_total{reason="disconnect"} 1.0' in httpx.get(h.url + "/metrics").text
 
 
+def test_one_shot_client_disconnect_aborts():
+    """A non-streaming one-shot (/generate and the OpenAI routes) whose client leaves
+    is aborted, as a streaming one is: it does not compute to max_new_tokens for nobody."""
+    long_ = 1500
+    bodies = {
+        "/generate": {"input_ids": prompt(4, 20),
+                      "sampling_params": {"max_new_tokens": long_, "ignore_eos": True}},
+        "/v1/completions": {"prompt": prompt(5, 20), "max_tokens": long_, "temperature": 0},
+        "/v1/chat/completions": {"messages": [{"role": "user", "content": "Tell me a story."}],
+                                 "max_tokens": long_, "temperature": 0},
+    }  # fmt: skip
+    with server(max_total_tokens=2048) as h, h.client() as c:
+        for n, (route, body) in enumerate(bodies.items(), 1):
+            with pytest.raises(httpx.ReadTimeout):  # the client gives up and leaves
+                httpx.post(h.url + route, json=body, timeout=httpx.Timeout(10, read=0.5))
+            deadline = time.monotonic() + 20
+            while c.stats()["streams_open"] and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert c.stats()["streams_open"] == 0, route
+            metrics = httpx.get(h.url + "/metrics").text
+            assert f'stream2llm_finished_total{{reason="abort"}} {n}.0' in metrics, route
+
+
 @pytest.fixture(scope="module")
 def prefill_pair():
     """`stream2llm serve` as a decode server and its prefill server (children)."""

@@ -25,7 +25,7 @@ from typing import Any
 
 import orjson
 
-from srt_ext.api.worker_link import ReqState, WorkerError
+from srt_ext.api.req_state import ReqState, WorkerError
 
 
 @dataclass

@@ -1,6 +1,7 @@
 """OpenAI-compatible one-shot routes (/v1/completions, /v1/chat/completions,
 /v1/models), so OpenAI SDKs and benchmark tools work unchanged. They are thin
-adapters over ``Service.generate``: streaming input is only on /v1/streams."""
+adapters over ``Service.generate`` and ``reading.respond`` (so a client that leaves
+aborts its request, streaming or not): streaming input is only on /v1/streams."""
 
 from __future__ import annotations
 
@@ -10,11 +11,11 @@ from typing import Any
 
 import orjson
 from fastapi import FastAPI, Request
-from fastapi.responses import StreamingResponse
 
 from srt_ext.api.models import ChatCompletionRequest, CompletionRequest, openai_sampling
+from srt_ext.api.reading import respond
+from srt_ext.api.req_state import ReqState, WorkerError
 from srt_ext.api.service import Service
-from srt_ext.api.worker_link import ReqState, WorkerError
 
 
 def _finish_reason(st: ReqState) -> str | None:
@@ -29,29 +30,19 @@ def _usage(st: ReqState) -> dict[str, int]:
             "total_tokens": p + len(st.output_ids)}  # fmt: skip
 
 
-async def _deltas(svc: Service, st: ReqState) -> AsyncIterator[tuple[str, bool]]:
+async def _deltas(svc: Service, st: ReqState,
+                  changes: AsyncIterator[bool]) -> AsyncIterator[tuple[str, bool]]:  # fmt: skip
     """(new text, done) each time the request's output changes."""
     sent = ""
-    try:
-        while True:
-            seen = st.version
-            if st.error is not None:
-                raise st.error
-            text = svc.text(st)
-            # hold back a trailing replacement char: a multi-byte token may be half-decoded
-            stable = text if st.done else text.rstrip("\ufffd")
-            if len(stable) > len(sent) or st.done:
-                yield stable[len(sent):], st.done
-                sent = stable
-            if st.done:
-                return
-            await st.wait_change(seen)
-    finally:
-        if not st.done:  # the client went away: stop computing for it
-            try:
-                await svc.abort(st.rid)
-            except WorkerError:
-                pass
+    async for done in changes:
+        if st.error is not None:
+            raise st.error
+        text = svc.text(st)
+        # hold back a trailing replacement char: a multi-byte token may be half-decoded
+        stable = text if done else text.rstrip("\ufffd")
+        if len(stable) > len(sent) or done:
+            yield stable[len(sent):], done
+            sent = stable
 
 
 def _sse(obj: Any) -> bytes:
@@ -81,23 +72,24 @@ def add_openai_routes(app: FastAPI, svc_of: Callable[[Request], Service], model_
         st = await svc.generate(text, ids, openai_sampling(body, body.max_tokens))
         rid, created = f"cmpl-{st.rid}", int(time.time())
         head = {"id": rid, "object": "text_completion", "created": created, "model": model_name}
-        if body.stream:
-            async def gen() -> AsyncIterator[bytes]:
-                try:
-                    async for delta, done in _deltas(svc, st):
-                        fr = _finish_reason(st) if done else None
-                        yield _sse({**head, "choices": [{"index": 0, "text": delta,
-                                                         "logprobs": None, "finish_reason": fr}]})  # fmt: skip
-                except WorkerError as exc:
-                    yield _sse({"error": {"message": exc.reason, "code": exc.status}})
-                yield b"data: [DONE]\n\n"
 
-            return StreamingResponse(gen(), media_type="text/event-stream")
-        await svc.wait_done(st)
-        out = svc.result(st)
-        svc.link.drop_state(st.rid)
-        return {**head, "choices": [{"index": 0, "text": out["text"], "logprobs": None,
-                                     "finish_reason": _finish_reason(st)}], "usage": _usage(st)}  # fmt: skip
+        async def frames(changes: AsyncIterator[bool]) -> AsyncIterator[bytes]:
+            try:
+                async for delta, done in _deltas(svc, st, changes):
+                    fr = _finish_reason(st) if done else None
+                    yield _sse({**head, "choices": [{"index": 0, "text": delta,
+                                                     "logprobs": None, "finish_reason": fr}]})  # fmt: skip
+            except WorkerError as exc:
+                yield _sse({"error": {"message": exc.reason, "code": exc.status}})
+            yield b"data: [DONE]\n\n"
+
+        def shape(st: ReqState) -> dict[str, Any]:
+            out = svc.take_result(st)
+            return {**head, "choices": [{"index": 0, "text": out["text"], "logprobs": None,
+                                         "finish_reason": _finish_reason(st)}], "usage": _usage(st)}  # fmt: skip
+
+        return await respond(svc, st, request, abort_on_disconnect=True, shape=shape,
+                             frames=frames if body.stream else None)  # fmt: skip
 
     @app.post("/v1/chat/completions", response_model=None)
     async def chat(body: ChatCompletionRequest, request: Request) -> Any:
@@ -107,26 +99,26 @@ def add_openai_routes(app: FastAPI, svc_of: Callable[[Request], Service], model_
         st = await svc.generate(prompt, None, openai_sampling(body, max_tokens))
         rid, created = f"chatcmpl-{st.rid}", int(time.time())
         head = {"id": rid, "created": created, "model": model_name}
-        if body.stream:
-            async def gen() -> AsyncIterator[bytes]:
-                chunk = {**head, "object": "chat.completion.chunk"}
-                yield _sse({**chunk, "choices": [{"index": 0, "delta": {"role": "assistant"},
-                                                  "finish_reason": None}]})  # fmt: skip
-                try:
-                    async for delta, done in _deltas(svc, st):
-                        fr = _finish_reason(st) if done else None
-                        d = {"content": delta} if delta else {}
-                        yield _sse({**chunk, "choices": [{"index": 0, "delta": d,
-                                                          "finish_reason": fr}]})  # fmt: skip
-                except WorkerError as exc:
-                    yield _sse({"error": {"message": exc.reason, "code": exc.status}})
-                yield b"data: [DONE]\n\n"
 
-            return StreamingResponse(gen(), media_type="text/event-stream")
-        await svc.wait_done(st)
-        out = svc.result(st)
-        svc.link.drop_state(st.rid)
-        message = {"role": "assistant", "content": out["text"]}
-        return {**head, "object": "chat.completion", "usage": _usage(st),
-                "choices": [{"index": 0, "message": message,
-                             "finish_reason": _finish_reason(st)}]}  # fmt: skip
+        async def frames(changes: AsyncIterator[bool]) -> AsyncIterator[bytes]:
+            chunk = {**head, "object": "chat.completion.chunk"}
+            yield _sse({**chunk, "choices": [{"index": 0, "delta": {"role": "assistant"},
+                                              "finish_reason": None}]})  # fmt: skip
+            try:
+                async for delta, done in _deltas(svc, st, changes):
+                    fr = _finish_reason(st) if done else None
+                    d = {"content": delta} if delta else {}
+                    yield _sse({**chunk, "choices": [{"index": 0, "delta": d,
+                                                      "finish_reason": fr}]})  # fmt: skip
+            except WorkerError as exc:
+                yield _sse({"error": {"message": exc.reason, "code": exc.status}})
+            yield b"data: [DONE]\n\n"
+
+        def shape(st: ReqState) -> dict[str, Any]:
+            message = {"role": "assistant", "content": svc.take_result(st)["text"]}
+            return {**head, "object": "chat.completion", "usage": _usage(st),
+                    "choices": [{"index": 0, "message": message,
+                                 "finish_reason": _finish_reason(st)}]}  # fmt: skip
+
+        return await respond(svc, st, request, abort_on_disconnect=True, shape=shape,
+                             frames=frames if body.stream else None)  # fmt: skip

@@ -24,7 +24,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from srt_ext import messages as m
-from srt_ext.api.worker_link import ReqState, WorkerError
+from srt_ext.api.req_state import ReqState, WorkerError
 
 log = logging.getLogger("stream2llm.server")
 

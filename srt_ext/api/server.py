@@ -13,27 +13,29 @@ import hmac
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
 from srt_ext.api.lifecycle import DrainGate
 from srt_ext.api.limits import BodyLimit, Limits, client_key, load_api_keys
 from srt_ext.api.metrics import Metrics
 from srt_ext.api.models import ChunkRequest, GenerateRequest, OpenStreamRequest
+from srt_ext.api.options import ServerOptions
+from srt_ext.api.reading import respond, sglang_frames
 from srt_ext.api.reaper import reap_loop
-from srt_ext.api.service import ReaderGone, Service
+from srt_ext.api.req_state import WorkerError
+from srt_ext.api.service import Service
 from srt_ext.api.supervisor import Supervisor
 from srt_ext.api.tokenizer import TokenizerRoom
-from srt_ext.api.worker_link import WorkerError, WorkerLink
+from srt_ext.api.worker_link import WorkerLink
 from srt_ext.cluster.envelope import handle_stream_op, stream_op
 from srt_ext.engines.reference.model_store import DEFAULT_MODEL
-from srt_ext.worker.process import WorkerConfig, start_worker
+from srt_ext.worker.process import start_worker
 
 
 class ORJSONResponse(JSONResponse):
@@ -41,41 +43,6 @@ class ORJSONResponse(JSONResponse):
 
     def render(self, content: Any) -> bytes:
         return orjson.dumps(content, option=orjson.OPT_NON_STR_KEYS)
-
-
-@dataclass
-class ServerOptions:
-    model_path: str | None = None
-    device: str = "cpu"
-    max_total_tokens: int = 16384
-    scheduler: str = "fcfs"
-    preemption: str = "cost"
-    cost_model: str | None = None
-    token_budget: int = 512
-    max_batch: int | None = None
-    host_capacity_tokens: int | None = None
-    api_key: str | None = None
-    api_key_file: str | None = None  # "NAME KEY" lines: several keys, limits per key
-    threads: int = 0
-    start_method: str = "forkserver"
-    health_timeout: float = 10.0
-    ready_timeout: float = 600.0
-    # reliability (docs/reliability.md); None/0 disables a limit
-    stream_idle_timeout: float | None = 300.0  # reap streams with no chunk/reader this long
-    reader_disconnect: str = "keep"  # "abort": a stream's SSE reader leaving aborts it
-    max_input_tokens: int | None = None  # per-request input limit (400 over it)
-    max_streams_per_client: int | None = None  # live streams per client IP (429 over it)
-    max_body_bytes: int = 8 << 20  # request body limit (413 over it)
-    max_worker_restarts: int = 5  # consecutive restarts of a dead worker before giving up
-    restart_backoff: float = 1.0  # first restart delay; doubles per consecutive failure
-    shutdown_grace: float = 30.0  # SIGTERM: seconds in-flight requests get to finish
-
-    def worker_config(self, in_addr: str, out_addr: str, model_path: str) -> WorkerConfig:
-        return WorkerConfig(
-            in_addr, out_addr, model_path, self.device, self.max_total_tokens,
-            self.host_capacity_tokens, self.scheduler, self.preemption, self.cost_model,
-            self.token_budget, self.max_batch, self.threads,
-        )  # fmt: skip
 
 
 def resolve_model_path(path: str | None) -> str:
@@ -91,7 +58,7 @@ def _error(status: int, reason: str, **extra: Any) -> ORJSONResponse:
 
 def create_app(opts: ServerOptions, start_proc: Callable[[str, str], Any] | None = None) -> FastAPI:
     """The whole server; ``start_proc(in_addr, out_addr)`` may replace the worker launcher."""
-    model_path = resolve_model_path(opts.model_path)
+    model_path = resolve_model_path(opts.worker.model_path)
 
     def launch(in_addr: str, out_addr: str) -> Any:
         return start_worker(opts.worker_config(in_addr, out_addr, model_path), opts.start_method)
@@ -181,14 +148,9 @@ def create_app(opts: ServerOptions, start_proc: Callable[[str, str], Any] | None
     async def result(rid: str, request: Request, stream: bool = False) -> Any:
         s = svc(request)
         st = s.get(rid)
-        abort = request.app.state.opts.reader_disconnect == "abort"
-        if stream:
-            return StreamingResponse(s.sse(st, abort_on_disconnect=abort),
-                                     media_type="text/event-stream")  # fmt: skip
-        try:
-            return s.result(await s.wait_read(st, request.is_disconnected, abort))
-        except ReaderGone:
-            return Response(status_code=499)  # nobody is there to read it
+        return await respond(s, st, request, shape=s.result,
+                             abort_on_disconnect=request.app.state.opts.reader_disconnect == "abort",
+                             frames=sglang_frames(s, st) if stream else None)  # fmt: skip
 
     @app.delete("/v1/streams/{rid}")
     async def abort(rid: str, request: Request) -> dict[str, Any]:
@@ -205,16 +167,8 @@ def create_app(opts: ServerOptions, start_proc: Callable[[str, str], Any] | None
         if request.app.state.draining:
             raise WorkerError(503, "the server is shutting down")
         st = await s.generate_req(body)
-        if body.stream:
-            return StreamingResponse(s.sse(st, abort_on_disconnect=True),
-                                     media_type="text/event-stream")  # fmt: skip
-        try:
-            await s.wait_done(st)
-        finally:
-            if not st.done:  # the client went away: stop computing for it
-                await s.abort(st.rid)
-        s.link.drop_state(st.rid)
-        return s.result(st)
+        return await respond(s, st, request, abort_on_disconnect=True, shape=s.take_result,
+                             frames=sglang_frames(s, st) if body.stream else None)  # fmt: skip
 
     # ---- admin -----------------------------------------------------------------------
     @app.post("/flush_cache")
@@ -255,11 +209,12 @@ def create_app(opts: ServerOptions, start_proc: Callable[[str, str], Any] | None
 
     from srt_ext.api.openai_api import add_openai_routes
 
-    add_openai_routes(app, svc, model_name=opts.model_path or DEFAULT_MODEL)
+    add_openai_routes(app, svc, model_name=opts.worker.model_path or DEFAULT_MODEL)
     from srt_ext.api.sglang_compat import add_sglang_info_routes
 
-    add_sglang_info_routes(app, svc, model_path, opts.model_path or DEFAULT_MODEL,
-                           {"max_total_num_tokens": opts.max_total_tokens,
-                            "schedule_policy": opts.scheduler,
-                            "chunked_prefill_size": opts.token_budget})  # fmt: skip
+    w = opts.worker
+    add_sglang_info_routes(app, svc, model_path, w.model_path or DEFAULT_MODEL,
+                           {"max_total_num_tokens": w.max_total_tokens,
+                            "schedule_policy": w.policy,
+                            "chunked_prefill_size": w.token_budget})  # fmt: skip
     return app

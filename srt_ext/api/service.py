@@ -1,31 +1,28 @@
 """What the HTTP routes do, kept apart from FastAPI so the routes stay thin.
 
-``Service`` tokenizes, validates what only the API room can know (unknown rid,
-chunk after final, empty chunk), forwards to the worker through ``WorkerLink``
-and shapes results in SGLang's ``/generate`` format. Validation happens before
-anything is sent, and a refused open removes its state again, so bad input
-leaves the worker and the stats untouched.
+``Service`` tokenizes, checks what needs the API room's state (unknown or
+duplicate rid, chunk after final and mode mix-ups, i.e. ordering, and the client
+limits), forwards to the worker through ``WorkerLink`` and shapes results in
+SGLang's ``/generate`` format. Each rule is checked once: token ids against the
+vocabulary, context length, empty chunks and when sampling parameters may come
+are the worker's (``WorkerCore``), which refuses them before its state changes;
+a refused open removes its API state again, so bad input leaves the worker and
+the stats untouched.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
-
-import orjson
 
 from srt_ext import messages as m
 from srt_ext.api.limits import Limits
 from srt_ext.api.metrics import Metrics
 from srt_ext.api.models import ChunkRequest, GenerateRequest, OpenStreamRequest, SamplingParamsModel
+from srt_ext.api.req_state import ReqState, WorkerError
 from srt_ext.api.tokenizer import TokenizerRoom
-from srt_ext.api.worker_link import ReqState, WorkerError, WorkerLink
-
-
-class ReaderGone(Exception):
-    """The client of a plain result read disconnected before the result was ready."""
+from srt_ext.api.worker_link import WorkerLink
 
 
 class Service:
@@ -40,9 +37,8 @@ class Service:
 
     # ---- streams ----------------------------------------------------------------
     def _ids(self, text: str | None, ids: list[int] | None, first: bool) -> list[int]:
+        """Token ids as given (the worker checks them against its vocabulary) or encoded."""
         if ids is not None:
-            if any(t >= self.tok.vocab_size for t in ids):
-                raise WorkerError(400, f"token id out of range (vocab size {self.tok.vocab_size})")
             return list(ids)
         return self.tok.encode(text or "", first=first)
 
@@ -53,8 +49,6 @@ class Service:
         self.limits.check_streams(self.link.states.values(), client)
         has_input = req.text is not None or req.input_ids is not None
         ids = self._ids(req.text, req.input_ids, first=True) if has_input else None
-        if has_input and not ids and not req.final:
-            raise WorkerError(400, "empty first chunk (omit text/input_ids to open without input)")
         self.limits.check_input(len(ids or ()))
         st = ReqState(rid, req.mode, time.monotonic(), stop=req.sampling_params.stop_strings(),
                       client=client)  # fmt: skip
@@ -102,14 +96,10 @@ class Service:
             raise WorkerError(409, f"stream {rid} is in {st.mode} mode; this chunk says {req.mode}")
         first = st.mode == "update" or st.input_tokens == 0
         ids = self._ids(req.text, req.input_ids, first=first)
-        if not ids and (not req.final or st.mode == "update"):
-            raise WorkerError(400, "empty chunk")
+        if not ids and req.final and st.mode == "update":  # (non-final: the worker's rule)
+            raise WorkerError(400, "empty chunk (an update replaces the whole input)")
         self.limits.check_input(len(ids) + (st.input_tokens if st.mode == "append" else 0))
-        spec = None
-        if req.sampling_params is not None:
-            if not req.final:
-                raise WorkerError(400, "sampling_params may only come with the final chunk")
-            spec = req.sampling_params.spec()
+        spec = req.sampling_params.spec() if req.sampling_params is not None else None
         if req.final:  # claim "final" now: a racing chunk gets 409, not a reorder
             st.final, st.final_t = True, t0
         try:
@@ -182,64 +172,10 @@ class Service:
             raise st.error
         return {"text": self.text(st), "output_ids": list(st.output_ids), "meta_info": self.meta(st)}
 
-    async def wait_done(self, st: ReqState) -> ReqState:
-        st.readers += 1  # a waiting reader keeps the stream from being reaped
-        try:
-            while not st.done:
-                await st.wait_change(st.version)
-        finally:
-            st.readers -= 1
-            st.last_active = time.monotonic()
-        return st
-
-    async def wait_read(self, st: ReqState, disconnected: Callable[[], Awaitable[bool]],
-                        abort_on_disconnect: bool = False, poll_s: float = 0.5) -> ReqState:  # fmt: skip
-        """``wait_done`` for a plain (non-SSE) reader that may go away: the request's
-        ``disconnected()`` is checked every ``poll_s`` while waiting; a reader that left
-        aborts the stream when ``abort_on_disconnect`` (like an SSE reader) and is
-        released either way (``ReaderGone``), so the reaper sees an unread stream."""
-        st.readers += 1
-        try:
-            while not st.done:
-                try:
-                    await st.wait_change(st.version, timeout=poll_s)
-                except TimeoutError:
-                    pass
-                if not st.done and await disconnected():
-                    if abort_on_disconnect:
-                        self.metrics.reaped.labels("disconnect").inc()
-                        await self.link.send(m.Abort(self.link.next_id(), st.rid))
-                    raise ReaderGone(st.rid)
-        finally:
-            st.readers -= 1
-            st.last_active = time.monotonic()
-        return st
-
-    async def sse(self, st: ReqState, abort_on_disconnect: bool = False) -> AsyncIterator[bytes]:
-        """SGLang's /generate stream: cumulative text/output_ids per event, then [DONE]."""
-        sent = -1
-        st.readers += 1
-        try:
-            while True:
-                seen = st.version
-                if st.error is not None:
-                    err = {"error": {"message": st.error.reason, "code": st.error.status}}
-                    yield b"data: " + orjson.dumps(err) + b"\n\n"
-                    break
-                if len(st.output_ids) != sent or st.done:
-                    sent = len(st.output_ids)
-                    yield b"data: " + orjson.dumps(self.result(st)) + b"\n\n"
-                if st.done:
-                    break
-                await st.wait_change(seen)
-            yield b"data: [DONE]\n\n"
-        finally:
-            st.readers -= 1
-            st.last_active = time.monotonic()
-            if abort_on_disconnect and not st.done:
-                if st.mode != "oneshot":
-                    self.metrics.reaped.labels("disconnect").inc()
-                await self.link.send(m.Abort(self.link.next_id(), st.rid))
+    def take_result(self, st: ReqState) -> dict[str, Any]:
+        """``result`` of a one-shot, forgetting it (nobody can ask for it again)."""
+        self.link.drop_state(st.rid)
+        return self.result(st)
 
     # ---- introspection -----------------------------------------------------------------
     async def flush_cache(self) -> int:

@@ -18,8 +18,8 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 
+from srt_ext.api.req_state import WorkerError
 from srt_ext.api.service import Service
-from srt_ext.api.worker_link import WorkerError
 
 
 def _hf_config(model_path: str) -> dict[str, Any]:

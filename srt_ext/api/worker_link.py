@@ -1,4 +1,4 @@
-"""The API room's side of the link to the worker: sockets, replies, request states.
+"""The API room's side of the link to the worker: sockets, replies, events.
 
 Why request/reply for chunks: a client that streams context wants to know what
 each chunk did (tokens kept, tokens invalidated) and whether it was refused, so
@@ -6,7 +6,8 @@ every request carries a ``req_id`` and its handler awaits the matching reply.
 Token events arrive on the same socket and are folded into a per-request
 ``ReqState``; readers (``GET /result``, SSE) wait on its change notification.
 A watchdog fails every waiting request with a clear error when the worker dies,
-so nothing hangs.
+so nothing hangs. The request states themselves (and how long finished ones are
+kept) live in ``req_state.py``, stop strings in ``stop.py``.
 """
 
 from __future__ import annotations
@@ -17,69 +18,17 @@ import logging
 import os
 import tempfile
 import time
-from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import zmq
 import zmq.asyncio
 
 from srt_ext import messages as m
+from srt_ext.api.req_state import ReqState, RequestTable, WorkerError
+from srt_ext.api.stop import match_stop
 
 log = logging.getLogger("stream2llm.server")
-KEEP_FINISHED = 10_000  # finished results kept for GET /result (oldest dropped first)
-
-
-class WorkerError(Exception):
-    """A request the worker refused or could not serve (carries the HTTP status)."""
-
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(reason)
-        self.status, self.reason = status, reason
-
-
-@dataclass
-class ReqState:
-    """Everything the API room knows about one request (a stream or a one-shot)."""
-
-    rid: str
-    mode: str
-    created: float  # server monotonic clock
-    stop: list[str] = field(default_factory=list)
-    final: bool = False
-    final_t: float | None = None
-    input_tokens: int = 0
-    output_ids: list[int] = field(default_factory=list)
-    first_token_t: float | None = None
-    done_t: float | None = None
-    finish: m.FinishedEvent | None = None
-    finish_reason: dict[str, Any] | None = None
-    error: WorkerError | None = None
-    text_override: str | None = None  # output truncated at a matched stop string
-    client: str = ""  # who opened it (per-client stream limit)
-    last_active: float = 0.0  # monotonic time of the last chunk or reader (idle reaping)
-    readers: int = 0  # handlers waiting on the result right now (never reaped while > 0)
-    version: int = 0
-    _changed: asyncio.Event = field(default_factory=asyncio.Event)
-    # chunks of one stream are applied one at a time, in arrival order (asyncio.Lock is FIFO)
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-
-    def __post_init__(self) -> None:
-        self.last_active = self.last_active or self.created
-
-    @property
-    def done(self) -> bool:
-        return self.finish_reason is not None or self.error is not None
-
-    def notify(self) -> None:
-        self.version += 1
-        old, self._changed = self._changed, asyncio.Event()
-        old.set()
-
-    async def wait_change(self, seen: int, timeout: float | None = None) -> None:
-        if self.version == seen:
-            await asyncio.wait_for(self._changed.wait(), timeout)
 
 
 class WorkerLink:
@@ -94,8 +43,8 @@ class WorkerLink:
         self.out_addr = f"ipc://{os.path.join(self._dir, 'from_worker')}"
         self.ctx = zmq.asyncio.Context()
         self.proc: Any = None
-        self.states: dict[str, ReqState] = {}
-        self._finished: OrderedDict[str, None] = OrderedDict()
+        self.table = RequestTable()
+        self.states = self.table.states  # rid -> state (live, and finished ones kept)
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._ids = itertools.count(1)
         self._tasks: list[asyncio.Task[Any]] = []
@@ -184,11 +133,10 @@ class WorkerLink:
             await self.push.send(m.encode(msg))
 
     def add_state(self, st: ReqState) -> None:
-        self.states[st.rid] = st
+        self.table.add(st)
 
     def drop_state(self, rid: str) -> None:
-        self.states.pop(rid, None)
-        self._finished.pop(rid, None)
+        self.table.drop(rid)
 
     def fail(self, st: ReqState, err: WorkerError) -> None:
         """End a request with an error its readers (and later GETs) will see."""
@@ -226,7 +174,7 @@ class WorkerLink:
                 st.first_token_t = now
                 if self.on_first_token:
                     self.on_first_token(st)
-            if st.stop and self.decode and self._stop_matched(st):
+            if st.stop and self.decode and match_stop(st, self.decode(st.output_ids)):
                 asyncio.get_running_loop().create_task(self.send(m.Abort(self.next_id(), st.rid)))
                 self._finish(st, now)
         elif isinstance(ev, m.FinishedEvent):
@@ -240,23 +188,9 @@ class WorkerLink:
             self._finish(st, now)
         st.notify()
 
-    def _stop_matched(self, st: ReqState) -> bool:
-        assert self.decode is not None
-        text = self.decode(st.output_ids)
-        hits = [(text.find(s), s) for s in st.stop if s and s in text]
-        if not hits:
-            return False
-        pos, s = min(hits)
-        st.text_override = text[:pos]
-        st.finish_reason = {"type": "stop", "matched": s}
-        return True
-
     def _finish(self, st: ReqState, now: float) -> None:
         st.done_t = now
-        self._finished[st.rid] = None
-        while len(self._finished) > KEEP_FINISHED:
-            old, _ = self._finished.popitem(last=False)
-            self.states.pop(old, None)
+        self.table.finished(st.rid)
         if self.on_finished:
             self.on_finished(st)
 

@@ -76,9 +76,10 @@ def sampled_token_s(engine: Any, repeats: int, warmup: int, n: int = 64) -> tupl
 def step_overhead_s(engine: Any, repeats: int, tokens: int = 32) -> float:
     """The worker's step (``WorkerCore.step``) minus the forward pass inside it."""
     from srt_ext import messages as m
+    from srt_ext.worker.config import CoreConfig
     from srt_ext.worker.core import WorkerCore
 
-    core = WorkerCore(engine, token_budget=tokens)
+    core = WorkerCore(engine, CoreConfig(token_budget=tokens))
     fwd: list[float] = []
     inner = engine.forward
 

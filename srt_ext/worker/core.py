@@ -28,6 +28,7 @@ from scheduler.stream import (
 )
 from srt_ext import messages as m
 from srt_ext.engines.reference.engine import ForwardItem, ReferenceEngine
+from srt_ext.worker.config import CoreConfig
 
 log = logging.getLogger("stream2llm.worker")
 
@@ -58,24 +59,18 @@ def _status(exc: Exception) -> int:
 class WorkerCore:
     """Scheduler + KV manager + engine; see the module docstring."""
 
-    def __init__(
-        self,
-        engine: ReferenceEngine,
-        policy: str = "fcfs",
-        preemption: str = "cost",
-        cost_model: str | None = None,
-        token_budget: int = 512,
-        host_capacity_tokens: int | None = None,
-        max_batch: int | None = None,
-    ) -> None:
-        self.engine = engine
-        host = host_capacity_tokens if host_capacity_tokens is not None else 4 * engine.kv_capacity_tokens
+    def __init__(self, engine: ReferenceEngine, cfg: CoreConfig | None = None) -> None:
+        cfg = cfg or CoreConfig()
+        self.engine, self.cfg = engine, cfg
+        host = cfg.host_capacity_tokens
+        host = host if host is not None else 4 * engine.kv_capacity_tokens
         self.kv = StreamKVCache(
             engine.allocator, page_size=1, mover=engine.kv_mover(), host_capacity_tokens=host
         )
-        cm = CostModel.load(cost_model or "cpu-reference")
+        cm = CostModel.load(cfg.cost_model or "cpu-reference")
         self.sched = Scheduler(
-            self.kv, policy, preemption, cm, token_budget=token_budget, max_batch=max_batch  # type: ignore[arg-type]
+            self.kv, cfg.policy, cfg.preemption, cm,  # type: ignore[arg-type]
+            token_budget=cfg.token_budget, max_batch=cfg.max_batch,
         )
         # one stream alone must always fit: its input, its outputs and one page of slack
         self.max_tokens = min(engine.max_context_len, self.kv.capacity - 1)
@@ -123,12 +118,11 @@ class WorkerCore:
 
     def _open(self, req_id: int, rid: str, mode: str, spec: m.SamplingSpec,
               ids: list[int] | None, final: bool) -> tuple[Any, list[Any]]:  # fmt: skip
-        self._check_spec(spec)
         self.sched.open(rid, mode, self.now())  # type: ignore[arg-type]
-        self._set_sampling(rid, spec, final)
-        if ids is None and not final:
-            return m.ChunkReply(req_id, rid, 0, 0, 0), []
         try:
+            self._set_sampling(rid, spec, final)
+            if ids is None and not final:
+                return m.ChunkReply(req_id, rid, 0, 0, 0), []
             return self._chunk(req_id, rid, ids or [], final), []
         except Exception:  # the open is atomic: no half-open stream is left behind
             self.sched.abort(rid)

@@ -22,42 +22,29 @@ from typing import Any
 
 import msgspec
 
+from srt_ext.worker.config import WorkerConfig
+
 log = logging.getLogger("stream2llm.worker")
 
 
-class WorkerConfig(msgspec.Struct, frozen=True):
-    """Everything the worker needs; passed to the child as msgpack bytes."""
-
-    in_addr: str  # the worker PULLs requests from here (the server binds it)
-    out_addr: str  # the worker PUSHes replies/events here (the server binds it)
-    model_path: str | None = None
-    device: str = "cpu"
-    max_total_tokens: int = 16384
-    host_capacity_tokens: int | None = None
-    policy: str = "fcfs"
-    preemption: str = "cost"
-    cost_model: str | None = None
-    token_budget: int = 512
-    max_batch: int | None = None
-    threads: int = 0  # torch intra-op threads; 0 = leave torch's default
-    poll_ms: int = 50
-    stuck_wait_ms: int = 5
-
-
-def build_core(cfg: WorkerConfig) -> Any:
-    """The engine and the scheduler around it (imports torch/sglang: slow, once)."""
+def build_engine(cfg: WorkerConfig) -> Any:
+    """The engine ``cfg`` asks for (imports torch/sglang: slow, once)."""
     import torch
 
     import radix_stream  # noqa: F401  (must precede any sglang import)
     from srt_ext.engines.reference.engine import ReferenceEngine
-    from srt_ext.worker.core import WorkerCore
 
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
-    engine = ReferenceEngine(cfg.model_path, device=cfg.device,
-                             kv_capacity_tokens=cfg.max_total_tokens)  # fmt: skip
-    return WorkerCore(engine, cfg.policy, cfg.preemption, cfg.cost_model, cfg.token_budget,
-                      cfg.host_capacity_tokens, cfg.max_batch)  # fmt: skip
+    return ReferenceEngine(cfg.model_path, device=cfg.device,
+                           kv_capacity_tokens=cfg.max_total_tokens)  # fmt: skip
+
+
+def build_core(cfg: WorkerConfig) -> Any:
+    """The engine and the scheduler around it."""
+    from srt_ext.worker.core import WorkerCore
+
+    return WorkerCore(build_engine(cfg), cfg)
 
 
 def _parent_alive() -> bool:
