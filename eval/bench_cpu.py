@@ -43,7 +43,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from srt_ext.engine.shapes import SMOLLM2_135M, matmul_params, write_random_llama
+from srt_ext.engines.reference.shapes import SMOLLM2_135M, matmul_params, write_random_llama
 
 GEMM_SHAPES = [(m, k, n) for m in (64, 256) for k, n in ((576, 3072), (1536, 576), (576, 960))]
 
@@ -88,7 +88,7 @@ def best_of(fn: Callable[[], Any], repeats: int) -> tuple[float, float]:
 
 def gemm_rate(dtype: torch.dtype, repeats: int = 3) -> float:
     """Best GFLOP/s of x @ W.T over the model's shapes and a 1024^3 one."""
-    from srt_ext.engine.dense import Linear, PackedLinear, onednn_packing_available
+    from srt_ext.engines.reference.dense import Linear, PackedLinear, onednn_packing_available
 
     packed = onednn_packing_available(torch.device("cpu"), dtype)
     best = 0.0
@@ -121,7 +121,7 @@ def decode_bytes(shape: dict[str, Any], batch: int, context: int, itemsize: int)
 
 
 def prefill_once(engine: Any, n: int) -> Callable[[], Any]:
-    from srt_ext.engine import ForwardItem
+    from srt_ext.engines.reference import ForwardItem
 
     ids = torch.randint(0, engine.vocab_size, (n,), generator=torch.Generator().manual_seed(n))
 
@@ -138,7 +138,7 @@ def prefill_once(engine: Any, n: int) -> Callable[[], Any]:
 def decode_step(engine: Any, batch: int, context: int, steps: int) -> tuple[float, float]:
     """(wall, CPU) seconds per step of ``batch`` requests, one token each, after
     a ``context``-token prefill (not timed) and one untimed step."""
-    from srt_ext.engine import ForwardItem
+    from srt_ext.engines.reference import ForwardItem
 
     alloc, gen = engine.allocator, torch.Generator().manual_seed(batch)
     slots = [alloc.alloc(context + steps + 1) for _ in range(batch)]
@@ -168,7 +168,7 @@ def decode_step(engine: Any, batch: int, context: int, steps: int) -> tuple[floa
 
 def measure_path(args: argparse.Namespace, model: Path, shape: dict[str, Any], dtype: torch.dtype,
                  machine: Machine, bar: tqdm) -> list[Row]:  # fmt: skip
-    from srt_ext.engine import ReferenceEngine
+    from srt_ext.engines.reference import ReferenceEngine
 
     sizes, batches = args.sizes, args.batches
     cap = max(max(sizes), max(batches) * (args.context + args.steps + 2)) + 16

@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from srt_ext.engine import ForwardItem, ReferenceEngine
+from srt_ext.engines.reference import ForwardItem, ReferenceEngine
 
 
 def bench_prefill(engine: ReferenceEngine, n: int, repeats: int) -> tuple[float, float, float]:

@@ -42,7 +42,7 @@ def running(engine: str, model_path: str | None, threads: int, pool: int) -> Ite
         with launch_server(model_path=model_path, threads=threads, max_total_tokens=pool) as h:
             yield h.url
         return
-    from srt_ext.sglang_engine.launch import SGLangServer, SGLangServerConfig
+    from srt_ext.engines.sglang.launch import SGLangServer, SGLangServerConfig
 
     cfg = SGLangServerConfig(model_path=model_path, threads=threads, max_total_tokens=pool,
                              log_level="warning")  # fmt: skip

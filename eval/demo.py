@@ -82,7 +82,7 @@ async def stream_one(
 ) -> StreamRun:
     """Send chunks as they come; the last one is final. Token ids are sent so the
     non-streaming baseline can send exactly the same final input."""
-    from srt_ext.client import AsyncClient
+    from srt_ext.client.rest import AsyncClient
 
     async with AsyncClient(url) as client:
         return await _stream_chunks(client, tokenize, chunks, run, sampling)
@@ -152,10 +152,10 @@ def run(args: argparse.Namespace) -> int:
     from eval.quality_site import SiteSearch, generate_corpus_site, serve_corpus_site
     from retrievers.corpus import load_corpus
     from retrievers.prompt import PLAIN_LAYOUT, PromptLayout
-    from srt_ext.client import Client
-    from srt_ext.engine.model_store import resolve_model
+    from srt_ext.api.tokenizer import TokenizerRoom
+    from srt_ext.client.rest import Client
+    from srt_ext.engines.reference.model_store import resolve_model
     from srt_ext.launch import launch_server
-    from srt_ext.tokenizer_room import TokenizerRoom
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

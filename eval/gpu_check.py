@@ -66,7 +66,7 @@ def step_env(device: str) -> dict[str, Any]:
 def chunk_logits(engine: Any, ids: list[int], chunks: list[int], other_len: int) -> torch.Tensor:
     """Next-token logits after ``ids`` prefilled in ``chunks``; when ``other_len`` > 0
     another request of that many tokens shares every step (batch composition varies)."""
-    from srt_ext.engine import ForwardItem
+    from srt_ext.engines.reference import ForwardItem
 
     alloc = engine.allocator
     slots, other = alloc.alloc(len(ids)), alloc.alloc(max(other_len, 1))
@@ -99,7 +99,7 @@ def measure_tolerance(engine: Any, cases: int, max_len: int, greedy_cases: int, 
     """Chunked vs one-shot on ``engine`` (and argmax vs ``reference`` when given)."""
     from tqdm import tqdm
 
-    from srt_ext.engine.drive import greedy_generate
+    from srt_ext.engines.reference.drive import greedy_generate
 
     rng = random.Random(seed)
     vocab = min(engine.vocab_size, 30000)  # ids the shipped tokenizer can also produce
@@ -138,9 +138,9 @@ def measure_tolerance(engine: Any, cases: int, max_len: int, greedy_cases: int, 
 
 
 def step_tolerance(device: str, shape: str, smoke: bool) -> dict[str, Any]:
-    from srt_ext.engine import ReferenceEngine
-    from srt_ext.engine.model_store import TINY_MODEL
-    from srt_ext.engine.shapes import ensure_shape_model
+    from srt_ext.engines.reference import ReferenceEngine
+    from srt_ext.engines.reference.model_store import TINY_MODEL
+    from srt_ext.engines.reference.shapes import ensure_shape_model
 
     max_len, cases, greedy = (96, 6, 2) if smoke else (1500, 60, 20)
     results: dict[str, Any] = {}
@@ -170,8 +170,8 @@ def step_tolerance(device: str, shape: str, smoke: bool) -> dict[str, Any]:
 
 def step_profile(device: str, shape: str, smoke: bool, out_dir: Path) -> dict[str, Any]:
     from scheduler.cost_model import CostModel
-    from srt_ext import profile_cli
-    from srt_ext.engine.shapes import ensure_shape_model
+    from srt_ext.cli import profile as profile_cli
+    from srt_ext.engines.reference.shapes import ensure_shape_model
 
     name = f"{'smoke' if smoke else 'h200'}-{shape}-measured"
     parser = argparse.ArgumentParser()
@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--out", required=True, help="directory for gpu-check.json and the profile")
     p.add_argument(
-        "--shape", default="llama3-8b", help="random-weight model shape (srt_ext.engine.shapes)"
+        "--shape", default="llama3-8b", help="random-weight model shape (srt_ext.engines.reference.shapes)"
     )
     p.add_argument("--steps", default=",".join(STEPS), help=f"comma list of {', '.join(STEPS)}")
     p.add_argument(

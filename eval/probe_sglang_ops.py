@@ -26,7 +26,7 @@ from typing import Any
 
 import httpx
 
-from srt_ext.sglang_engine.launch import SGLangServer, SGLangServerConfig
+from srt_ext.engines.sglang.launch import SGLangServer, SGLangServerConfig
 
 
 def _gen(url: str, ids: list[int], new: int, ignore_eos: bool = True) -> dict[str, Any]:

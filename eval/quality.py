@@ -142,7 +142,7 @@ class QualityRun:
     def __init__(self, url: str, tokenize: Tokenize, settings: Settings, index: Any,
                  search: Any, site_paths: dict[str, str], layout: Any = None) -> None:  # fmt: skip
         from retrievers.prompt import PLAIN_LAYOUT
-        from srt_ext.client import Client
+        from srt_ext.client.rest import Client
 
         self.layout = layout if layout is not None else PLAIN_LAYOUT  # retrievers/prompt.py
         self.url, self.tokenize, self.s = url, tokenize, settings
@@ -180,7 +180,7 @@ class QualityRun:
                             on_page=on_page, layout=self.layout)
 
     async def _stream(self, retriever: str, q: QAItem) -> _Live:
-        from srt_ext.client import AsyncClient
+        from srt_ext.client.rest import AsyncClient
 
         live = _Live("update" if retriever == "search" else "append")
         t0 = time.monotonic()

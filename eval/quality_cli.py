@@ -100,8 +100,8 @@ def run(args: argparse.Namespace) -> int:
     from eval.quality import RETRIEVERS, QualityRun, Settings
     from eval.quality_site import SiteSearch, generate_corpus_site, serve_corpus_site
     from retrievers.corpus import builtin_passages
+    from srt_ext.api.server import resolve_model_path
     from srt_ext.launch import launch_server
-    from srt_ext.server import resolve_model_path
 
     if args.from_json:
         return render(args)

@@ -75,7 +75,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 async def replay(url: str, queries: list[Any], streaming: bool, args: argparse.Namespace,
                  progress: Any = None) -> tuple[list[Outcome], dict[str, Any], float]:  # fmt: skip
     """All queries in one mode: (outcomes, server stats delta, completion seconds)."""
-    from srt_ext.client import AsyncClient
+    from srt_ext.client.rest import AsyncClient
 
     sampling = {"max_new_tokens": args.max_new_tokens, "temperature": 0.0, "ignore_eos": True}
     sem = asyncio.Semaphore(args.concurrency_limit)
@@ -199,7 +199,7 @@ def run(args: argparse.Namespace) -> int:
         queries = load_workload(args.workload)[: args.num_queries]
     limit = args.max_input_words
     if limit is None:
-        from srt_ext.client import Client
+        from srt_ext.client.rest import Client
 
         with Client(args.url, api_key=args.api_key, timeout=30.0) as c:
             ctx = int(c.stats().get("max_context_tokens", 0) or 0)

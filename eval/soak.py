@@ -35,7 +35,7 @@ from typing import Any
 
 import orjson
 
-from srt_ext.client import AsyncClient, ServerError
+from srt_ext.client.rest import AsyncClient, ServerError
 
 
 @dataclass

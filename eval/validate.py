@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from eval.validate_trace import Case
-from srt_ext.engine.model_store import TINY_MODEL
+from srt_ext.engines.reference.model_store import TINY_MODEL
 
 TOL = {"p50": 0.20, "p95": 0.20, "p99": 0.30, "completion": 0.05}
 TOKEN_BUDGET = 512
@@ -75,7 +75,7 @@ class Side:
 def profile_engine(out: Path, threads: int) -> Path:
     """The engine part of `stream2llm profile` for the tiny model, here and now; the
     HTTP terms come from the validation's own server (``add_http_terms``)."""
-    from srt_ext.profile_cli import measure, write_profile
+    from srt_ext.cli.profile import measure, write_profile
 
     ns = argparse.Namespace(model_path=TINY_MODEL, dtype="auto", device="cpu", max_tokens=2048,
                             repeats=5, warmup=1,
@@ -87,8 +87,8 @@ def profile_engine(out: Path, threads: int) -> Path:
 
 def add_http_terms(prof: Path, url: str) -> None:
     """Measure chunk/ack/request costs on the running server and store them."""
-    from srt_ext.profile_cli import write_profile
-    from srt_ext.profile_fixed import http_terms_at
+    from srt_ext.cli.profile import write_profile
+    from srt_ext.cli.profile_fixed import http_terms_at
 
     profile = json.loads(prof.read_text())
     terms = http_terms_at(url, 7)
@@ -221,9 +221,9 @@ def run(args: argparse.Namespace) -> int:
     from eval.metrics import format_table
     from eval.validate_trace import build
     from scheduler.cost_model import CostModel
-    from srt_ext.engine.tiny_model import ensure_tiny_model
+    from srt_ext.api.tokenizer import TokenizerRoom
+    from srt_ext.engines.reference.tiny_model import ensure_tiny_model
     from srt_ext.launch import launch_server
-    from srt_ext.tokenizer_room import TokenizerRoom
 
     names = [c for c in args.cases.split(",") if c]
     known = {c.name: c for c in CASES}

@@ -7,7 +7,7 @@ it in minutes while the structure (chunks, shared prefixes of update versions)
 and the timing (arrivals, chunk offsets) stay exactly as drawn; ``render``
 writes one vocabulary word per token id (text, as a RAG client sends it, so the
 server pays tokenization); ``engine_view`` tokenizes that text exactly as the
-server's API room does (srt_ext.service: each chunk on its own, an update
+server's API room does (srt_ext.api.service: each chunk on its own, an update
 version whole), which is what the simulator is given.
 """
 

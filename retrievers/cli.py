@@ -79,14 +79,14 @@ def layout_from_args(args: argparse.Namespace) -> Any:
 
     if args.prompt == "plain":
         return PLAIN_LAYOUT
-    from srt_ext.engine.model_store import resolve_model
+    from srt_ext.engines.reference.model_store import resolve_model
 
     return PromptLayout.from_model_dir(resolve_model(args.model_path))
 
 
 def _layout_or_fail(args: argparse.Namespace) -> Any:
     from retrievers.prompt import ChatTemplateError
-    from srt_ext.engine.model_store import ModelStoreError
+    from srt_ext.engines.reference.model_store import ModelStoreError
 
     try:
         return layout_from_args(args)

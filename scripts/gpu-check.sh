@@ -23,7 +23,7 @@ else
   export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 fi
 # Fail in seconds, not minutes, when an import is missing on that machine.
-"$PY" -c "import radix_stream, scheduler, srt_ext.engine, srt_ext.profile_cli, eval.gpu_check" \
+"$PY" -c "import radix_stream, scheduler, srt_ext.engines.reference, srt_ext.cli.profile, eval.gpu_check" \
   2>&1 | tee "$OUT/imports.log" || exit 1
 timeout 420 "$PY" -m eval.gpu_check --out "$OUT" "${smoke[@]}" "$@" 2>&1 | tee "$OUT/gpu-check.log"
 rc=${PIPESTATUS[0]}

@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 WHEELS=(
-  # what `import radix_stream, srt_ext.server, eval.replay` pulls in beyond the GPU image
+  # what `import radix_stream, srt_ext.api.server, eval.replay` pulls in beyond the GPU image
   # (python -X importtime on the CPU stack): sglang itself and its light module-level imports
   sglang==0.5.23 msgspec orjson pyzmq fastapi starlette pydantic pydantic-core annotated-types
   typing-inspection uvicorn pybase64 python-multipart dill loguru gguf compressed-tensors

@@ -13,12 +13,11 @@ import subprocess as sp
 import sys
 import threading
 import time
-from dataclasses import fields
 from typing import Any
 
 import httpx
 
-from srt_ext.server import ServerOptions
+from srt_ext.api.options import ServerOptions
 
 # ServerOptions passed on to `stream2llm serve` as --the-same-name
 RELIABILITY_FLAGS = ("stream_idle_timeout", "reader_disconnect", "max_input_tokens",
@@ -36,7 +35,7 @@ class ServerHandle:
         self._server, self._thread, self._proc = server, thread, proc
 
     def client(self, **kw: Any) -> Any:
-        from srt_ext.client import Client
+        from srt_ext.client.rest import Client
 
         return Client(self.url, api_key=self.api_key, **kw)
 
@@ -90,23 +89,21 @@ def _wait_healthy(h: ServerHandle, timeout: float) -> None:
 def launch_server(host: str = "127.0.0.1", port: int = 0, subprocess: bool = False,
                   startup_timeout: float = 600.0, log_level: str = "warning",
                   **opts: Any) -> ServerHandle:  # fmt: skip
-    """Start a server (options as ``ServerOptions``: model_path, max_total_tokens,
-    scheduler, preemption, cost_model, token_budget, api_key, threads, ...) and
-    wait until ``/health`` answers 200."""
-    known = {f.name for f in fields(ServerOptions)}
-    bad = set(opts) - known
-    if bad:
-        raise TypeError(f"unknown server options: {sorted(bad)}")
-    o = ServerOptions(**opts)
+    """Start a server (options by the flat names of ``stream2llm serve``'s flags:
+    model_path, max_total_tokens, scheduler, preemption, cost_model, token_budget,
+    api_key, threads, ...; see ``ServerOptions.from_flags``) and wait until
+    ``/health`` answers 200."""
+    o = ServerOptions.from_flags(**opts)
     if subprocess:
         if port == 0:
             with _free_socket(host) as s:
                 port = s.getsockname()[1]
+        w = o.worker
         argv = [sys.executable, "-m", "stream2llm.cli", "serve", "--host", host, "--port", str(port),
-                "--max-total-tokens", str(o.max_total_tokens), "--scheduler", o.scheduler,
-                "--preemption", o.preemption, "--token-budget", str(o.token_budget),
-                "--device", o.device, "--threads", str(o.threads)]  # fmt: skip
-        for flag, val in (("--model-path", o.model_path), ("--cost-model", o.cost_model),
+                "--max-total-tokens", str(w.max_total_tokens), "--scheduler", w.policy,
+                "--preemption", w.preemption, "--token-budget", str(w.token_budget),
+                "--device", w.device, "--threads", str(w.threads)]  # fmt: skip
+        for flag, val in (("--model-path", w.model_path), ("--cost-model", w.cost_model),
                           ("--api-key", o.api_key), ("--api-key-file", o.api_key_file)):  # fmt: skip
             if val:
                 argv += [flag, val]
@@ -118,7 +115,7 @@ def launch_server(host: str = "127.0.0.1", port: int = 0, subprocess: bool = Fal
         return h
     import uvicorn
 
-    from srt_ext.server import create_app
+    from srt_ext.api.server import create_app
 
     sock = _free_socket(host) if port == 0 else None
     if sock is not None:

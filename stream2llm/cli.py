@@ -19,10 +19,10 @@ COMMANDS: dict[str, str] = {
     "sim": "eval.sim_cli",
     "replay": "eval.replay",
     "validate": "eval.validate",
-    "serve": "srt_ext.serve_cli",
+    "serve": "srt_ext.cli.serve",
     "cluster": "srt_ext.cluster.cli",
     "sim-cluster": "eval.cluster_sim_cli",
-    "profile": "srt_ext.profile_cli",
+    "profile": "srt_ext.cli.profile",
     "index": "retrievers.cli",
     "crawl": "retrievers.cli",
     "demo": "eval.demo",
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     from retrievers.prompt import ChatTemplateError
-    from srt_ext.engine.model_store import ModelStoreError
+    from srt_ext.engines.reference.model_store import ModelStoreError
 
     try:
         return int(args.func(args) or 0)

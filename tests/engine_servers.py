@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from srt_ext.engine.model_store import TINY_MODEL
+from srt_ext.engines.reference.model_store import TINY_MODEL
 
 ENGINES = ("reference", "sglang")
 GREEDY = {"temperature": 0.0}  # SGLang's own default temperature is 1.0
@@ -32,7 +32,7 @@ class EngineServer:
         self.engine, self.url, self.handle = engine, url, handle
 
     def client(self, **kw: Any) -> Any:
-        from srt_ext.client import Client
+        from srt_ext.client.rest import Client
 
         return Client(self.url, **kw)
 

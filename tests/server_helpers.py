@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from srt_ext.engine.model_store import TINY_MODEL
+from srt_ext.engines.reference.model_store import TINY_MODEL
 from srt_ext.launch import ServerHandle, launch_server
 
 

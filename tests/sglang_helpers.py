@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from srt_ext.engine.model_store import TINY_MODEL
-from srt_ext.sglang_engine.launch import SGLangServer, SGLangServerConfig
+from srt_ext.engines.reference.model_store import TINY_MODEL
+from srt_ext.engines.sglang.launch import SGLangServer, SGLangServerConfig
 
 # one per pytest process, whichever module asks first
 _SHARED: dict[str, SGLangServer] = {}

@@ -188,8 +188,8 @@ def test_frontend_program_through_the_cluster(cluster: Cluster):
     unchanged, equals the same stream sent with the client."""
     import sglang as sgl
 
-    from srt_ext.client import Client
-    from srt_ext.frontend import StreamingEndpoint, stream_context
+    from srt_ext.client.frontend import StreamingEndpoint, stream_context
+    from srt_ext.client.rest import Client
 
     docs = ["The with statement wraps a block. ", "A try statement handles exceptions. "]
 

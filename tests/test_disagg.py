@@ -23,9 +23,9 @@ from srt_ext.disagg import (
 )
 from srt_ext.disagg.decode import DecodeWorker
 from srt_ext.disagg.wire import decode, encode
-from srt_ext.engine import ForwardItem, ReferenceEngine
-from srt_ext.engine.drive import greedy_generate
-from srt_ext.engine.model_store import TINY_MODEL
+from srt_ext.engines.reference import ForwardItem, ReferenceEngine
+from srt_ext.engines.reference.drive import greedy_generate
+from srt_ext.engines.reference.model_store import TINY_MODEL
 
 pytestmark = pytest.mark.timeout(120)
 LOOP = "tcp://127.0.0.1:*"

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from srt_ext.disagg.serve import launch_disaggregated
-from srt_ext.engine.model_store import TINY_MODEL
+from srt_ext.engines.reference.model_store import TINY_MODEL
 from srt_ext.launch import launch_server
 
 pytestmark = pytest.mark.timeout(240)

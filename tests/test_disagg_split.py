@@ -14,9 +14,9 @@ import torch
 from srt_ext import messages as m
 from srt_ext.disagg.decode import DecodeWorker
 from srt_ext.disagg.prefill import PrefillWorkerCore
-from srt_ext.engine import ReferenceEngine
-from srt_ext.engine.model_store import TINY_MODEL
-from srt_ext.worker_core import WorkerCore
+from srt_ext.engines.reference import ReferenceEngine
+from srt_ext.engines.reference.model_store import TINY_MODEL
+from srt_ext.worker.core import WorkerCore
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -11,13 +11,13 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from srt_ext.engine import ForwardItem, ReferenceEngine, exact_plan
-from srt_ext.engine import llama as llama_mod
-from srt_ext.engine.drive import DrivenStream, greedy_generate, run_streams
-from srt_ext.engine.model_store import TINY_MODEL
-from srt_ext.engine.probe import consistent_sizes
-from srt_ext.engine.shapes import SMOLLM2_135M, write_random_llama
-from srt_ext.engine.tiles import split_sizes
+from srt_ext.engines.reference import ForwardItem, ReferenceEngine, exact_plan
+from srt_ext.engines.reference import llama as llama_mod
+from srt_ext.engines.reference.drive import DrivenStream, greedy_generate, run_streams
+from srt_ext.engines.reference.model_store import TINY_MODEL
+from srt_ext.engines.reference.probe import consistent_sizes
+from srt_ext.engines.reference.shapes import SMOLLM2_135M, write_random_llama
+from srt_ext.engines.reference.tiles import split_sizes
 
 pytestmark = pytest.mark.timeout(300)
 

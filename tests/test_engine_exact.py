@@ -13,9 +13,9 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from srt_ext.engine import ForwardItem, ReferenceEngine
-from srt_ext.engine.drive import DrivenStream, greedy_generate, run_streams
-from srt_ext.engine.model_store import TINY_MODEL
+from srt_ext.engines.reference import ForwardItem, ReferenceEngine
+from srt_ext.engines.reference.drive import DrivenStream, greedy_generate, run_streams
+from srt_ext.engines.reference.model_store import TINY_MODEL
 
 pytestmark = pytest.mark.timeout(300)
 NEW_TOKENS = 6

@@ -10,8 +10,8 @@ import random
 import pytest
 import torch
 
-from srt_ext.engine import ForwardItem, ReferenceEngine
-from srt_ext.engine.model_store import TINY_MODEL
+from srt_ext.engines.reference import ForwardItem, ReferenceEngine
+from srt_ext.engines.reference.model_store import TINY_MODEL
 
 pytestmark = [
     pytest.mark.gpu,

@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from srt_ext.engine import ForwardItem, ReferenceEngine
-from srt_ext.engine.drive import greedy_generate
-from srt_ext.engine.model_store import TINY_MODEL
+from srt_ext.engines.reference import ForwardItem, ReferenceEngine
+from srt_ext.engines.reference.drive import greedy_generate
+from srt_ext.engines.reference.model_store import TINY_MODEL
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -13,9 +13,9 @@ import torch
 import transformers
 from transformers.models.llama import modeling_llama
 
-from srt_ext.engine import ForwardItem, ReferenceEngine
-from srt_ext.engine.config import LlamaArch, rope_inv_freq
-from srt_ext.engine.model_store import TINY_MODEL
+from srt_ext.engines.reference import ForwardItem, ReferenceEngine
+from srt_ext.engines.reference.config import LlamaArch, rope_inv_freq
+from srt_ext.engines.reference.model_store import TINY_MODEL
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -10,7 +10,7 @@ import sys
 import pytest
 from transformers import AutoConfig, AutoTokenizer
 
-from srt_ext.engine.tiny_model import DEFAULT_SEED, ensure_tiny_model
+from srt_ext.engines.reference.tiny_model import DEFAULT_SEED, ensure_tiny_model
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -33,7 +33,7 @@ def test_creation_is_deterministic(tmp_path):
 
 
 def test_concurrent_creation_is_atomic(tmp_path):
-    code = "import sys; from srt_ext.engine.tiny_model import ensure_tiny_model; print(ensure_tiny_model(root=sys.argv[1]))"
+    code = "import sys; from srt_ext.engines.reference.tiny_model import ensure_tiny_model; print(ensure_tiny_model(root=sys.argv[1]))"
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True

@@ -9,8 +9,8 @@ import pytest
 import sglang as sgl
 from server_helpers import server
 
-from srt_ext.client import Client, ServerError
-from srt_ext.frontend import StreamingEndpoint, stream_context
+from srt_ext.client.frontend import StreamingEndpoint, stream_context
+from srt_ext.client.rest import Client, ServerError
 
 DOCS = [
     "The with statement wraps a block with methods defined by a context manager. ",

@@ -10,9 +10,14 @@ import pytest
 import torch
 
 from eval import gpu_check
-from srt_ext.engine import ReferenceEngine
-from srt_ext.engine.drive import greedy_generate
-from srt_ext.engine.shapes import SHAPES, ensure_shape_model, is_random_init, iter_random_tensors
+from srt_ext.engines.reference import ReferenceEngine
+from srt_ext.engines.reference.drive import greedy_generate
+from srt_ext.engines.reference.shapes import (
+    SHAPES,
+    ensure_shape_model,
+    is_random_init,
+    iter_random_tensors,
+)
 
 pytestmark = pytest.mark.timeout(300)
 

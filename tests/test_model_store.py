@@ -14,8 +14,8 @@ import pytest
 import torch
 from test_engine_model import engine_logits, hf_logits
 
-from srt_ext.engine.config import LlamaArch
-from srt_ext.engine.model_store import (
+from srt_ext.engines.reference.config import LlamaArch
+from srt_ext.engines.reference.model_store import (
     DEFAULT_MODEL,
     STAMP,
     TINY_MODEL,
@@ -54,7 +54,7 @@ def test_default_is_smollm2_and_loads_as_a_checkpoint(model_dir: Path) -> None:
 def test_engine_matches_transformers_on_smollm2(model_dir: Path) -> None:
     """Fused q/k/v, GQA 9/3, tied head, theta 1e5, eps 1e-5: our forward (the
     engine's default dtype) against HF's float64 oracle at a few prefix lengths."""
-    from srt_ext.engine import ReferenceEngine
+    from srt_ext.engines.reference import ReferenceEngine
 
     engine = ReferenceEngine(kv_capacity_tokens=256)
     ids = engine.tokenizer("<|im_start|>user\nWhat does the with statement do?<|im_end|>\n",
@@ -107,7 +107,7 @@ def test_incomplete_dir_is_rebuilt_and_racing_processes_agree(tmp_path: Path,
     shutil.copytree(model_dir, damaged)
     (damaged / "tokenizer.json").unlink()
     assert not is_complete(damaged)
-    code = ("import sys; from srt_ext.engine.model_store import ensure_default_model as e;"
+    code = ("import sys; from srt_ext.engines.reference.model_store import ensure_default_model as e;"
             "print(e(root=sys.argv[1]))")  # fmt: skip
     env = {**os.environ, "PYTHONPATH": os.getcwd(), "OMP_NUM_THREADS": "1"}
     procs = [subprocess.Popen([sys.executable, "-c", code, str(root)], env=env,

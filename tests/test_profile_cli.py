@@ -7,7 +7,7 @@ import json
 import pytest
 
 from scheduler.cost_model import CostModel
-from srt_ext.engine.model_store import TINY_MODEL
+from srt_ext.engines.reference.model_store import TINY_MODEL
 from stream2llm.cli import main
 
 pytestmark = pytest.mark.timeout(120)
@@ -38,8 +38,8 @@ def test_quick_profile_loads(tmp_path):
 
 @pytest.mark.slow
 def test_http_terms_on_a_real_server():
+    from srt_ext.cli.profile_fixed import http_terms_at
     from srt_ext.launch import launch_server
-    from srt_ext.profile_fixed import http_terms_at
 
     with launch_server(model_path=TINY_MODEL, max_total_tokens=4096, threads=1) as h:  # in-thread: starts fastest
         t = http_terms_at(h.url, repeats=3)

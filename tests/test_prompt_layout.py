@@ -20,8 +20,8 @@ from retrievers.prompt import (
     chat_messages,
     tokenization_mismatch,
 )
-from srt_ext.engine.model_store import TINY_MODEL, resolve_model
-from srt_ext.tokenizer_room import TokenizerRoom
+from srt_ext.api.tokenizer import TokenizerRoom
+from srt_ext.engines.reference.model_store import TINY_MODEL, resolve_model
 from stream2llm.cli import main
 
 

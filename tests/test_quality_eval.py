@@ -12,7 +12,7 @@ import pytest
 from eval.qa_data import load_questions
 from retrievers.corpus import builtin_passages
 from retrievers.hnsw import HnswIndex
-from srt_ext.engine.model_store import TINY_MODEL
+from srt_ext.engines.reference.model_store import TINY_MODEL
 
 
 @pytest.mark.slow

@@ -20,11 +20,11 @@ from server_helpers import server
 
 from retrievers.corpus import load_corpus
 from retrievers.prompt import PromptLayout
-from srt_ext.client import AsyncClient
-from srt_ext.engine import ReferenceEngine
-from srt_ext.engine.drive import greedy_generate
-from srt_ext.engine.model_store import DEFAULT_MODEL, resolve_model
-from srt_ext.tokenizer_room import TokenizerRoom
+from srt_ext.api.tokenizer import TokenizerRoom
+from srt_ext.client.rest import AsyncClient
+from srt_ext.engines.reference import ReferenceEngine
+from srt_ext.engines.reference.drive import greedy_generate
+from srt_ext.engines.reference.model_store import DEFAULT_MODEL, resolve_model
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 NEW = 3

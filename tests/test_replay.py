@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from srt_ext.engine.model_store import TINY_MODEL
+from srt_ext.engines.reference.model_store import TINY_MODEL
 from stream2llm.cli import main
 
 pytestmark = pytest.mark.timeout(240)

@@ -9,7 +9,7 @@ import orjson
 import pytest
 from server_helpers import prompt, server
 
-from srt_ext.client import Client, ServerError
+from srt_ext.client.rest import Client, ServerError
 
 pytestmark = pytest.mark.timeout(300)
 SP = {"max_new_tokens": 4}

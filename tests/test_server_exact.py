@@ -22,7 +22,7 @@ import pytest
 from engine_servers import GREEDY, EngineServer
 from server_helpers import prompt, split, versions
 
-from srt_ext.client import AsyncClient
+from srt_ext.client.rest import AsyncClient
 
 pytestmark = pytest.mark.timeout(600)
 SP = {"max_new_tokens": 5, **GREEDY}

@@ -13,7 +13,7 @@ import httpx
 import pytest
 from server_helpers import prompt, server
 
-from srt_ext.client import Client, ServerError
+from srt_ext.client.rest import Client, ServerError
 from srt_ext.launch import ServerHandle, _free_socket, _wait_healthy
 
 pytestmark = pytest.mark.timeout(300)
@@ -37,7 +37,7 @@ def test_limits_count_per_api_key(tmp_path):
 
 
 def test_bad_api_key_file_is_a_clear_error(tmp_path):
-    from srt_ext.serve_cli import check_args
+    from srt_ext.cli.serve import check_args
     from stream2llm.cli import build_parser
 
     bad = tmp_path / "keys"
@@ -60,6 +60,29 @@ def test_plain_reader_disconnect_aborts():
         out = c.result(rid)
         assert out["meta_info"]["finish_reason"] == {"type": "abort"} and len(out["output_ids"]) < 1500
         assert 'stream2llm_reaped_total{reason="disconnect"} 1.0' in httpx.get(h.url + "/metrics").text
+
+
+def test_one_shot_client_disconnect_aborts():
+    """A non-streaming one-shot (/generate and the OpenAI routes) whose client leaves
+    is aborted, as a streaming one is: it does not compute to max_new_tokens for nobody."""
+    long_ = 1500
+    bodies = {
+        "/generate": {"input_ids": prompt(4, 20),
+                      "sampling_params": {"max_new_tokens": long_, "ignore_eos": True}},
+        "/v1/completions": {"prompt": prompt(5, 20), "max_tokens": long_, "temperature": 0},
+        "/v1/chat/completions": {"messages": [{"role": "user", "content": "Tell me a story."}],
+                                 "max_tokens": long_, "temperature": 0},
+    }  # fmt: skip
+    with server(max_total_tokens=2048) as h, h.client() as c:
+        for n, (route, body) in enumerate(bodies.items(), 1):
+            with pytest.raises(httpx.ReadTimeout):  # the client gives up and leaves
+                httpx.post(h.url + route, json=body, timeout=httpx.Timeout(10, read=0.5))
+            deadline = time.monotonic() + 20
+            while c.stats()["streams_open"] and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert c.stats()["streams_open"] == 0, route
+            metrics = httpx.get(h.url + "/metrics").text
+            assert f'stream2llm_finished_total{{reason="abort"}} {n}.0' in metrics, route
 
 
 @pytest.fixture(scope="module")

@@ -12,10 +12,10 @@ import pytest
 import torch
 from server_helpers import prompt, server, split, versions
 
-from srt_ext.client import AsyncClient
-from srt_ext.engine import ReferenceEngine
-from srt_ext.engine.drive import greedy_generate
-from srt_ext.engine.model_store import TINY_MODEL
+from srt_ext.client.rest import AsyncClient
+from srt_ext.engines.reference import ReferenceEngine
+from srt_ext.engines.reference.drive import greedy_generate
+from srt_ext.engines.reference.model_store import TINY_MODEL
 
 pytestmark = pytest.mark.timeout(300)
 NEW = 6

@@ -15,7 +15,7 @@ import httpx
 import pytest
 from server_helpers import prompt, server
 
-from srt_ext.client import AsyncClient, Client, ServerError
+from srt_ext.client.rest import AsyncClient, Client, ServerError
 from srt_ext.launch import ServerHandle, _free_socket, _wait_healthy
 
 pytestmark = pytest.mark.timeout(180)

@@ -29,16 +29,16 @@ from sglang.srt.server_args import ServerArgs
 from sglang.utils import TypeBasedDispatcher
 
 from radix_stream.tree import StreamingRadixCache
-from srt_ext.sglang_engine import kv, lifecycle, state
-from srt_ext.sglang_engine.adder import StreamPrefillAdder, order_waiting_queue
-from srt_ext.sglang_engine.messages import (
+from srt_ext.engines.sglang import kv, lifecycle, state
+from srt_ext.engines.sglang.adder import StreamPrefillAdder, order_waiting_queue
+from srt_ext.engines.sglang.messages import (
     StreamAbortReq,
     StreamChunkOutput,
     StreamChunkReq,
     StreamOpenReq,
     install_stream_handlers,
 )
-from srt_ext.sglang_engine.retract import (
+from srt_ext.engines.sglang.retract import (
     retract_decode_around,
     retract_mode,
     stream_retraction_order,

@@ -11,9 +11,9 @@ from sglang.srt.managers.scheduler import Scheduler
 from sglang.srt.mem_cache.registry import get_radix_cache_factory
 from sglang.srt.plugins.hook_registry import HookRegistry
 
-from srt_ext.sglang_engine import plugin
-from srt_ext.sglang_engine.adder import StreamPrefillAdder
-from srt_ext.sglang_engine.state import reset_table
+from srt_ext.engines.sglang import plugin
+from srt_ext.engines.sglang.adder import StreamPrefillAdder
+from srt_ext.engines.sglang.state import reset_table
 
 
 def _final_reqs() -> list:

@@ -11,8 +11,8 @@ import radix_stream._sglang  # noqa: F401
 
 import pytest
 
-from srt_ext.sglang_engine.frontend import HttpStream, StreamFrontend, StreamHTTPError
-from srt_ext.sglang_engine.messages import StreamAbortReq, StreamChunkOutput
+from srt_ext.engines.sglang.frontend import HttpStream, StreamFrontend, StreamHTTPError
+from srt_ext.engines.sglang.messages import StreamAbortReq, StreamChunkOutput
 
 
 def _frontend() -> tuple[StreamFrontend, list]:

@@ -1,4 +1,4 @@
-"""SGLang's own server launched by ``srt_ext.sglang_engine.launch`` and by
+"""SGLang's own server launched by ``srt_ext.engines.sglang.launch`` and by
 ``stream2llm serve --engine sglang``: our tree and hooks active, answers, stops."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import httpx
 import pytest
 from sglang_helpers import sgl_kernel_calls, sglang_server  # noqa: F401  (fixture)
 
-from srt_ext.engine.tiny_model import ensure_tiny_model
-from srt_ext.sglang_engine.launch import (
+from srt_ext.engines.reference.tiny_model import ensure_tiny_model
+from srt_ext.engines.sglang.launch import (
     PLAIN_CHAT_TEMPLATE,
     SGLangServer,
     SGLangServerConfig,
@@ -33,7 +33,7 @@ def test_argv_and_env_for_cpu() -> None:
     cfg = SGLangServerConfig(policy="ours", threads=1, chunked_prefill_size=256)
     argv = server_argv(cfg, model, 31000)
     joined = " ".join(argv)
-    assert "-m srt_ext.sglang_engine.server_main" in joined
+    assert "-m srt_ext.engines.sglang.server_main" in joined
     assert "--radix-cache-backend stream2llm" in joined
     assert "--attention-backend torch_native" in joined
     assert "--chunked-prefill-size 256" in joined

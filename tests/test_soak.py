@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from eval.soak import SoakConfig, leaks, run_soak
-from srt_ext.engine.model_store import TINY_MODEL
+from srt_ext.engines.reference.model_store import TINY_MODEL
 from srt_ext.launch import launch_server
 
 pytestmark = pytest.mark.timeout(240)

@@ -14,8 +14,8 @@ from eval.workloads import generate
 
 @pytest.fixture(scope="module")
 def tok():
-    from srt_ext.engine.tiny_model import ensure_tiny_model
-    from srt_ext.tokenizer_room import TokenizerRoom
+    from srt_ext.api.tokenizer import TokenizerRoom
+    from srt_ext.engines.reference.tiny_model import ensure_tiny_model
 
     return TokenizerRoom(ensure_tiny_model())
 

@@ -34,17 +34,17 @@ from typing import Any, Literal
 
 import orjson
 from fastapi import Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from srt_ext.api_models import (
+from srt_ext.api.limits import client_key
+from srt_ext.api.models import (
     ChunkRequest,
     GenerateRequest,
     OpenStreamRequest,
     SamplingParamsModel,
 )
-from srt_ext.limits import client_key
-from srt_ext.runtime import WorkerError
+from srt_ext.api.req_state import WorkerError
 
 ENVELOPE = "stream2llm"  # the key in session_params
 
@@ -115,17 +115,12 @@ async def handle_stream_op(op: StreamOp, body: GenerateRequest, request: Request
     if op.op == "abort":
         ack = await s.abort(op.rid)
         return {"rid": op.rid, "aborted": True, "input_tokens": ack.input_tokens}
-    st = s.get(op.rid)
-    abort = state.opts.reader_disconnect == "abort"
-    if body.stream:
-        return StreamingResponse(s.sse(st, abort_on_disconnect=abort),
-                                 media_type="text/event-stream")  # fmt: skip
-    from srt_ext.service import ReaderGone
+    from srt_ext.api.reading import respond, sglang_frames
 
-    try:
-        return s.result(await s.wait_read(st, request.is_disconnected, abort))
-    except ReaderGone:
-        return Response(status_code=499)
+    st = s.get(op.rid)
+    return await respond(s, st, request, shape=s.result,
+                         abort_on_disconnect=state.opts.reader_disconnect == "abort",
+                         frames=sglang_frames(s, st) if body.stream else None)  # fmt: skip
 
 
 async def _lease(s: Any, rid: str, reply: dict[str, Any]) -> AsyncIterator[bytes]:

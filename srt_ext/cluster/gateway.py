@@ -32,7 +32,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from srt_ext.api_models import ChunkRequest, OpenStreamRequest
+from srt_ext.api.models import ChunkRequest, OpenStreamRequest
 from srt_ext.cluster.envelope import ENVELOPE
 
 log = logging.getLogger("stream2llm.cluster")

@@ -19,7 +19,7 @@ from typing import Any
 from radix_stream import StreamKVCache
 from srt_ext.disagg.export import KVImportError, StreamKV, import_stream
 from srt_ext.disagg.link import KVReceiver
-from srt_ext.engine import ForwardItem, ReferenceEngine
+from srt_ext.engines.reference import ForwardItem, ReferenceEngine
 
 
 @dataclass

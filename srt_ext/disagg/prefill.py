@@ -10,7 +10,7 @@ difference: the prefill server is the one public endpoint. A rejected transfer
 or a silent decode server becomes a ``StreamError`` for that request.
 
 Hook used: ``WorkerCore.step``/``handle``/``has_work`` are overridden here (no
-edit to the runtime); ``srt_ext.worker.serve(cfg, core)`` runs this core.
+edit to the runtime); ``srt_ext.worker.process.serve(cfg, core)`` runs this core.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any
 from srt_ext import messages as m
 from srt_ext.disagg.export import KVImportError, export_stream
 from srt_ext.disagg.link import KVSender
-from srt_ext.worker_core import WorkerCore
+from srt_ext.worker.core import WorkerCore
 
 
 class PrefillWorkerCore(WorkerCore):

@@ -38,21 +38,12 @@ def add_disagg_args(p: argparse.ArgumentParser) -> None:
 
 def prefill_worker_main(cfg_bytes: bytes, decode_addr: str, ack_s: float, dead_s: float) -> None:
     """Worker process entry for a prefill server: build_core's engine, our core."""
-    from srt_ext.worker import WorkerConfig, serve
+    from srt_ext.disagg.prefill import PrefillWorkerCore
+    from srt_ext.worker.config import WorkerConfig
+    from srt_ext.worker.process import build_engine, serve
 
     cfg = msgspec.msgpack.decode(cfg_bytes, type=WorkerConfig)
-    import torch
-
-    import radix_stream  # noqa: F401
-    from srt_ext.disagg.prefill import PrefillWorkerCore
-    from srt_ext.engine.reference import ReferenceEngine
-
-    if cfg.threads > 0:
-        torch.set_num_threads(cfg.threads)
-    engine = ReferenceEngine(cfg.model_path, device=cfg.device,
-                             kv_capacity_tokens=cfg.max_total_tokens)  # fmt: skip
-    core = PrefillWorkerCore(engine, decode_addr, cfg.policy, cfg.preemption, cfg.cost_model,
-                             cfg.token_budget, cfg.host_capacity_tokens, cfg.max_batch,
+    core = PrefillWorkerCore(build_engine(cfg), decode_addr, cfg,
                              ack_timeout_s=ack_s, dead_after_s=dead_s)  # fmt: skip
     try:
         serve(cfg, core)
@@ -63,16 +54,16 @@ def prefill_worker_main(cfg_bytes: bytes, decode_addr: str, ack_s: float, dead_s
 def create_prefill_app(
     opts: Any, decode_addr: str, ack_s: float = 30.0, dead_s: float = 10.0
 ) -> Any:
-    """The prefill server's FastAPI app (``opts``: srt_ext.server.ServerOptions)."""
-    from srt_ext.server import create_app, resolve_model_path
+    """The prefill server's FastAPI app (``opts``: srt_ext.api.server.ServerOptions)."""
+    from srt_ext.api.server import create_app, resolve_model_path
 
-    model_path = resolve_model_path(opts.model_path)
+    model_path = resolve_model_path(opts.worker.model_path)
 
     def start_proc(in_addr: str, out_addr: str) -> Any:
         cfg = opts.worker_config(in_addr, out_addr, model_path)
         ctx = multiprocessing.get_context(opts.start_method)
         if opts.start_method == "forkserver":
-            ctx.set_forkserver_preload(["srt_ext.worker_preload"])
+            ctx.set_forkserver_preload(["srt_ext.worker.preload"])
         proc = ctx.Process(target=prefill_worker_main, name="stream2llm-prefill-worker",
                            args=(msgspec.msgpack.encode(cfg), decode_addr, ack_s, dead_s),
                            daemon=True)  # fmt: skip
@@ -87,7 +78,7 @@ def start_decode(model_path: str | None, bootstrap: str, device: str = "cpu",
     """A DecodeWorker bound at ``bootstrap`` (in this process, on its own threads)."""
     import radix_stream  # noqa: F401
     from srt_ext.disagg.decode import DecodeWorker
-    from srt_ext.engine.reference import ReferenceEngine
+    from srt_ext.engines.reference.engine import ReferenceEngine
 
     engine = ReferenceEngine(model_path, device=device, kv_capacity_tokens=max_total_tokens)
     return DecodeWorker(engine, bootstrap)
@@ -116,8 +107,8 @@ def run_disagg(args: argparse.Namespace) -> int:
         raise SystemExit("stream2llm serve: --disaggregation-mode prefill needs --decode-url")
     import uvicorn
 
-    from srt_ext.lifecycle import GracefulServer
-    from srt_ext.serve_cli import server_options
+    from srt_ext.api.lifecycle import GracefulServer
+    from srt_ext.cli.serve import server_options
 
     # the prefill server is the pair's public API: same options and the same SIGTERM
     # drain as a plain server (new work 503, open streams finish, then exit 0)
@@ -135,11 +126,11 @@ def launch_disaggregated(decode_tokens: int = 16384, dead_after_s: float = 10.0,
     """(prefill ServerHandle, DecodeWorker) on loopback; both stopped on exit."""
     import uvicorn
 
+    from srt_ext.api.options import ServerOptions
     from srt_ext.launch import ServerHandle, _free_socket, _wait_healthy
-    from srt_ext.server import ServerOptions
 
-    o = ServerOptions(**opts)
-    dec = start_decode(o.model_path, "tcp://127.0.0.1:*", o.device, decode_tokens)
+    o = ServerOptions.from_flags(**opts)
+    dec = start_decode(o.worker.model_path, "tcp://127.0.0.1:*", o.worker.device, decode_tokens)
     sock = _free_socket("127.0.0.1")
     app = create_prefill_app(o, dec.endpoint, dead_s=dead_after_s)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on",

@@ -1,7 +1,7 @@
-"""stream2llm inside SGLang's own scheduler (the ``--engine sglang`` path).
+"""Compatibility only: the old home of the SGLang plugin (now ``srt_ext.engines.sglang``).
 
-Everything here runs in SGLang's scheduler process and plugs in through SGLang
-0.5.23's own extension points (the plugin ``HookRegistry``, the request
-dispatcher, ``get_prefill_adder_class``, the decode retraction order), so the
-GPU run uses SGLang's model runner unchanged. See docs/sglang-engine.md.
+An install made before the move keeps ``srt_ext.sglang_engine.plugin:register`` in its
+``sglang.srt.plugins`` entry-point metadata until it is reinstalled (``pip install -e .``);
+SGLang only logs a failed plugin load, so without this module the ``--engine sglang``
+path would silently run without our hooks. Delete this package once installs are refreshed.
 """

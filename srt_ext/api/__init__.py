@@ -1,0 +1,1 @@
+"""The API room: the HTTP process (routes, tokenizer, limits, the link to the worker)."""

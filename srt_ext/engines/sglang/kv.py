@@ -1,0 +1,115 @@
+"""KV moves a stream needs that SGLang's scheduler has no word for.
+
+*Parking*: a partial stream whose received input is all computed leaves
+SGLang's queues (it must not be sampled, and SGLang would otherwise either
+sample it or keep it as its single ``chunked_req`` forever). Its KV goes into
+the tree through SGLang's own ``release_kv_cache(checkpoint=True)`` and we pin
+the path with one tree lock, so LRU eviction leaves it alone; the next chunk
+re-queues the request and ``init_next_round_input`` matches the cached prefix.
+
+*Cutting*: an update replaces the input; the pinned path is truncated to the
+longest common prefix with ``StreamingRadixCache.node_at_depth`` and the part
+below is freed at once with ``exclusive_chain``/``free_chain`` (not left to LRU).
+"""
+
+from __future__ import annotations
+
+from array import array
+from typing import Any
+
+from srt_ext.engines.sglang.state import StreamInfo, StreamTable
+
+
+def common_prefix(a: array, b: array) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def pin(tree: Any, info: StreamInfo, node: Any) -> None:
+    """Hold one lock on ``node`` for ``info`` (replacing any previous pin)."""
+    unpin(tree, info)
+    if node is not None and node is not tree.root_node:
+        tree.inc_lock_ref(node)
+        info.pin = node
+
+
+def unpin(tree: Any, info: StreamInfo) -> None:
+    if info.pin is not None:
+        tree.dec_lock_ref(info.pin)
+        info.pin = None
+
+
+def cut_to(tree: Any, info: StreamInfo, lcp: int) -> int:
+    """Truncate the pinned path to ``lcp`` tokens (page aligned down), freeing
+    the exclusive part below the cut now. Returns cached tokens invalidated."""
+    node = info.pin
+    if node is None:
+        return 0
+    depth = tree.depth(node)
+    keep = min(lcp, depth) // tree.page_size * tree.page_size
+    if keep == depth:
+        return 0
+    cut = tree.node_at_depth(node, keep)
+    tree.dec_lock_ref(node)
+    info.pin = None
+    chain = []
+    for n in tree.exclusive_chain(node, 0):
+        if n is cut:
+            break
+        chain.append(n)
+    tree.free_chain(chain)
+    pin(tree, info, cut)
+    return depth - keep
+
+
+def park(table: StreamTable, info: StreamInfo, req: Any, tree: Any) -> int:
+    """Move a computed partial request out of SGLang's queues into the tree.
+
+    Pins the node that ends where the computed KV ends (``checkpoint`` leaves it
+    in ``req.last_node``), not what ``init_next_round_input`` matches afterwards:
+    SGLang matches at most ``len(input) - 1`` tokens so that one is left to
+    compute for the logits, and judging "all computed" by that match would
+    re-queue the stream at once and recompute its last token forever.
+    Returns the computed (pinned) length.
+    """
+    from sglang.srt.mem_cache.common import release_kv_cache
+
+    if req.kv.holds_kv:
+        release_kv_cache(req, tree, checkpoint=True)
+        pin(tree, info, req.last_node)
+    req.init_next_round_input(tree)  # match what the tree now holds
+    if info.pin is None:  # never admitted: pin what it matched
+        pin(tree, info, req.last_node)
+    info.parked = True
+    table.parked[req.rid] = req
+    return computed(tree, info)
+
+
+def computed(tree: Any, info: StreamInfo) -> int:
+    """Tokens of the stream's input whose KV its pin keeps in the tree."""
+    return tree.depth(info.pin) if info.pin is not None else 0
+
+
+def unpark(table: StreamTable, info: StreamInfo, req: Any, waiting_queue: list) -> None:
+    """Back to SGLang's waiting queue; the pin stays until admission re-locks."""
+    table.parked.pop(req.rid, None)
+    info.parked = False
+    if req not in waiting_queue:
+        waiting_queue.append(req)
+
+
+def set_input(req: Any, ids: array) -> None:
+    """Replace ``req``'s input and rebuild its fill ids now.
+
+    Rebuilt, not emptied: a request whose chunk is in a forward gets
+    ``checkpoint``-ed (``stash_chunked_request``) from ``full_untruncated_fill_ids``
+    before anything refreshes it, and an empty array there inserts nothing and
+    then frees the KV that the tree still holds (a double free, caught by
+    SGLang's idle pool check). ``refresh_fill_ids`` alone would keep a stale
+    array of the same length."""
+    req.origin_input_ids = ids
+    req.origin_input_ids_unpadded = ids
+    req.full_untruncated_fill_ids = ids + array("q", req.output_ids)

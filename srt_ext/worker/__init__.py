@@ -1,0 +1,1 @@
+"""The worker room: scheduler + engine in their own process, driven over ZMQ."""
