@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from scheduler.trace import Chunk, Query, read_trace, write_trace
+from stream2llm.lcp import common_prefix_len
 
 K = 10  # documents per version, as the paper's ANNS driver
 VARIANTS = (("beam", "score"), ("shards", "score"), ("shards", "stable"))
@@ -53,13 +54,6 @@ class LcpProfile:
     final_tokens_mean: float
 
 
-def _lcp(a: Sequence[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    x, y = np.asarray(a[:n]), np.asarray(b[:n])
-    diff = np.flatnonzero(x != y)
-    return int(diff[0]) if diff.size else n
-
-
 def lcp_profile(queries: Iterable[Query]) -> LcpProfile:
     """LCP statistics of update-mode token-id queries (single-version queries count
     towards the means of versions and lengths only)."""
@@ -69,11 +63,11 @@ def lcp_profile(queries: Iterable[Query]) -> LcpProfile:
         nv.append(len(vs))
         ft += len(vs[-1])
         for a, b in pairwise(vs):
-            shares.append(_lcp(a, b) / max(len(b), 1))
+            shares.append(common_prefix_len(a, b) / max(len(b), 1))
             if tuple(a) != tuple(b):
                 changed.append(shares[-1])
         if len(vs) > 1:
-            lcp = _lcp(vs[-2], vs[-1])
+            lcp = common_prefix_len(vs[-2], vs[-1])
             finals.append(lcp / max(len(vs[-1]), 1))
             same.append(tuple(vs[-2]) == tuple(vs[-1]))
             fl += lcp
