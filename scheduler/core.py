@@ -77,15 +77,10 @@ class Scheduler(Generic[KV]):
         self.last_acquire_s = 0.0  # KV resume/reserve/preempt of the last schedule()
         self.planner = Planner(self.policy)
         self._work: dict[str, Stream] = {}  # streams with pending > 0 (kept incrementally)
-        self.stats: dict[str, int] = {
-            "recompute": 0,
-            "swap": 0,
-            "tokens_invalidated": 0,
-            "swap_out_tokens": 0,
-            "swap_in_tokens": 0,
-            "recomputed_tokens_dropped": 0,
-            "steps": 0,
-        }
+        self.stats: dict[str, int] = dict.fromkeys(
+            ("recompute", "swap", "tokens_invalidated", "swap_out_tokens", "swap_in_tokens",
+             "recomputed_tokens_dropped", "steps"), 0,
+        )  # fmt: skip
 
     # ---- requests ---------------------------------------------------------------
     def get(self, rid: str) -> Stream:
@@ -94,14 +89,8 @@ class Scheduler(Generic[KV]):
         except KeyError:
             raise UnknownStream(rid) from None
 
-    def open(
-        self,
-        rid: str,
-        mode: Mode,
-        now: float,
-        sampling: SamplingParams | None = None,
-        extra_key: str | None = None,
-    ) -> Stream:
+    def open(self, rid: str, mode: Mode, now: float, sampling: SamplingParams | None = None,
+             extra_key: str | None = None) -> Stream:  # fmt: skip
         if rid in self.streams:
             raise DuplicateStream(f"{rid}: already open")
         if mode not in ("append", "update"):
@@ -131,7 +120,8 @@ class Scheduler(Generic[KV]):
             result = ChunkResult(s.computed, 0, s.in_flight)
         elif s.in_flight:  # cut after the running step commits: count it against that
             new = list(token_ids)
-            after = s.computed + self._inflight_tokens(rid)
+            assert self._inflight is not None
+            after = s.computed + self._inflight.num_tokens.get(rid, 0)
             lcp = common_prefix_len(s.input_ids, new, limit=after)
             s.input_ids = new
             s.pending_input = new
@@ -140,7 +130,7 @@ class Scheduler(Generic[KV]):
             new = list(token_ids)
             before = s.computed
             s.input_ids = new
-            self._truncate(s)
+            self._cut(s, s.input_ids)
             result = ChunkResult(s.computed, before - s.computed, False)
         s.note_chunk(now, final)
         limit = self.kv.capacity - 2 * self.page
@@ -159,10 +149,7 @@ class Scheduler(Generic[KV]):
 
         Only between steps, and never for a preempted stream (its KV is being
         restored). A final input keeps its last token uncomputed so there is
-        something to sample from. The runtime calls this after each chunk; the
-        simulator does not (its tables are measured without prefix caching):
-        ``add_chunk`` calls it when the scheduler was built with ``reuse_prefix``.
-        """
+        something to sample from. ``add_chunk`` calls it (``reuse_prefix=True``)."""
         s = self.get(rid)
         if s.in_flight or s.preempted is not None:
             return s.computed
@@ -253,7 +240,7 @@ class Scheduler(Generic[KV]):
             s.computed = self.kv.computed(it.rid)
             if s.pending_input is not None:
                 s.pending_input = None
-                self._truncate(s)
+                self._cut(s, s.input_ids)
             if s.abort_pending:
                 events.append(self._close(s, aborted=True, now=now))
                 continue
@@ -274,18 +261,6 @@ class Scheduler(Generic[KV]):
             self._ensure_sampleable(s)
             self._touch(s)
         return events
-
-    # ---- helpers ------------------------------------------------------------------
-    def _inflight_tokens(self, rid: str) -> int:
-        assert self._inflight is not None
-        for it in self._inflight.items:
-            if it.rid == rid:
-                return it.num_tokens
-        return 0
-
-    def _truncate(self, s: Stream) -> None:
-        """Cut the KV to the LCP of what is computed and the new input."""
-        self._cut(s, s.input_ids)
 
     def _cut(self, s: Stream, ids: list[int]) -> None:
         """Cut the KV to the LCP with ``ids``; a swapped copy past the cut is gone."""
@@ -320,7 +295,6 @@ class Scheduler(Generic[KV]):
         else:
             self._work.pop(s.rid, None)
 
-    # ---- introspection ------------------------------------------------------------
     def live(self) -> int:
         return len(self.streams)
 
