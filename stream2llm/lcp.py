@@ -10,7 +10,9 @@ input length. Measured on 100K tokens (one core, ``timeit``): equal ``array('q')
 inputs 50 us (numpy ``!=`` 2.5 ms, a Python loop 22 ms); lists 3.5 ms (a full-slice
 compare then bisect from 0: 4.8 ms; a loop 12 ms); a mismatch at 100: 2 us.
 Sequences of different types (an ``array`` and a list) are compared window by
-window, converting only the windows looked at.
+window, converting only the windows looked at (equal 100K: 1.4 ms; converting the
+whole list first, as kv_records did: 4.7 ms). Timings from a shared 2-core box:
+read the ratios.
 """
 
 from __future__ import annotations
