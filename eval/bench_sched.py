@@ -26,7 +26,8 @@ def bench(n_streams: int, steps: int, policy: str, active: int, budget: int) -> 
 
     kv = make_kv(n_streams * 64 + 1 << 16, 16, None)
     sched = Scheduler(kv, policy=policy, preemption="cost",
-                      cost_model=CostModel.load("h200-tp2-llama3-8b"), token_budget=budget)
+                      cost_model=CostModel.load("h200-tp2-llama3-8b"), token_budget=budget,
+                      reuse_prefix=False)
     rng = np.random.default_rng(0)
     now = 0.0
     for i in range(n_streams):

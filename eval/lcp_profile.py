@@ -8,12 +8,13 @@ versions share is what a streaming server can keep, the rest it must prefill aga
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import pairwise
 
 import numpy as np
 
+from stream2llm.lcp import common_prefix_len
 from stream2llm.trace import Query
 
 
@@ -35,13 +36,6 @@ class LcpProfile:
     final_tokens_mean: float
 
 
-def _lcp(a: Sequence[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    x, y = np.asarray(a[:n]), np.asarray(b[:n])
-    diff = np.flatnonzero(x != y)
-    return int(diff[0]) if diff.size else n
-
-
 def lcp_profile(queries: Iterable[Query]) -> LcpProfile:
     """LCP statistics of update-mode token-id queries (single-version queries count
     towards the means of versions and lengths only)."""
@@ -51,11 +45,11 @@ def lcp_profile(queries: Iterable[Query]) -> LcpProfile:
         nv.append(len(vs))
         ft += len(vs[-1])
         for a, b in pairwise(vs):
-            shares.append(_lcp(a, b) / max(len(b), 1))
+            shares.append(common_prefix_len(a, b) / max(len(b), 1))
             if tuple(a) != tuple(b):
                 changed.append(shares[-1])
         if len(vs) > 1:
-            lcp = _lcp(vs[-2], vs[-1])
+            lcp = common_prefix_len(vs[-2], vs[-1])
             finals.append(lcp / max(len(vs[-1]), 1))
             same.append(tuple(vs[-2]) == tuple(vs[-1]))
             fl += lcp

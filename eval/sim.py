@@ -34,7 +34,7 @@ import heapq
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 from scheduler.core import Scheduler
 from scheduler.cost_model import CostModel
@@ -43,15 +43,18 @@ from scheduler.registry import get_policy
 from scheduler.stream import InputTooLong, SamplingParams
 from stream2llm.trace import Chunk, Query
 
+if TYPE_CHECKING:
+    from radix_stream import StreamKVCache
+
 _CHUNK, _STEP, _WAKE = 0, 1, 2  # _WAKE: a policy's hold ends (StepPlan.retry_at)
 
 
-def make_kv(capacity_tokens: int, page_size: int, host_capacity_tokens: int | None) -> Any:
+def make_kv(
+    capacity_tokens: int, page_size: int, host_capacity_tokens: int | None
+) -> StreamKVCache:
     """The real KV manager (counting only: no tensors behind the slots)."""
-    try:
-        from radix_stream import StreamKVCache
-    except ImportError:  # the package may not re-export it yet
-        from radix_stream.stream_kv import StreamKVCache
+    from radix_stream import StreamKVCache
+
     cap = (capacity_tokens // page_size) * page_size
     return StreamKVCache.create(
         capacity_tokens=cap, page_size=page_size, host_capacity_tokens=host_capacity_tokens
@@ -148,6 +151,7 @@ def simulate(
         token_budget=cfg.token_budget,
         artifact_cost_rule=cfg.artifact_cost_rule,
         max_batch=cfg.max_batch,
+        reuse_prefix=False,  # the cost tables are measured without prefix caching
     )
     qs = [q if cfg.streaming else non_streaming(q) for q in queries]
     fx = cm.fixed

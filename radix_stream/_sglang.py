@@ -19,7 +19,8 @@ import importlib.machinery
 import importlib.util
 import sys
 import types
-from typing import Any
+from collections.abc import Sequence
+from typing import NoReturn
 
 SGLANG_VERSION = "0.5.23"
 _MISSING_MESSAGE = (
@@ -39,7 +40,7 @@ class TorchvisionUnavailable:
             raise AttributeError(attr)
         return TorchvisionUnavailable(f"{self._name}.{attr}")
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    def __call__(self, *args: object, **kwargs: object) -> NoReturn:
         raise ImportError(f"{self._name}: {_MISSING_MESSAGE}")
 
     def __repr__(self) -> str:
@@ -47,7 +48,7 @@ class TorchvisionUnavailable:
 
 
 class _PlaceholderModule(types.ModuleType):
-    def __getattr__(self, attr: str) -> Any:
+    def __getattr__(self, attr: str) -> TorchvisionUnavailable:
         if attr.startswith("__"):
             raise AttributeError(attr)
         return TorchvisionUnavailable(f"{self.__name__}.{attr}")
@@ -58,7 +59,12 @@ class PlaceholderFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
     stream2llm_torchvision_placeholder = True
 
-    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
+    def find_spec(
+        self,
+        fullname: str,
+        path: Sequence[str] | None = None,
+        target: types.ModuleType | None = None,
+    ) -> importlib.machinery.ModuleSpec | None:
         if fullname == "torchvision" or fullname.startswith("torchvision."):
             return importlib.machinery.ModuleSpec(fullname, self, is_package=True)
         return None

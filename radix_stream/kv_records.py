@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from array import array
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple, Protocol
 
@@ -44,7 +43,10 @@ class KVStats(NamedTuple):
 
 
 class KVMover(Protocol):
-    """Copies KV between the device pool and host memory (swap preemption)."""
+    """Copies KV between the device pool and host memory (swap preemption).
+
+    The host copy is whatever the engine's mover makes (a tensor, a tuple of
+    per-layer tensors); this package only hands it back, hence ``Any``."""
 
     def to_host(self, slots: torch.Tensor) -> Any: ...
 
@@ -62,7 +64,7 @@ class StreamRecord:
     rid: str
     extra_key: str | None
     node: TreeNode
-    tokens: array  # computed token ids (array('q'), as RadixKey wants)
+    tokens: array[int]  # computed token ids (array('q'), as RadixKey wants)
     tree_len: int  # tokens covered by the tree path (page aligned)
     private: torch.Tensor  # slots of positions tree_len.. (partial page + reservation)
     reserved: int = 0  # positions reserved by reserve() and not yet committed
@@ -73,20 +75,3 @@ class StreamRecord:
     def computed(self) -> int:
         return len(self.tokens)
 
-
-def common_prefix_len(a: array, b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    bb = b if isinstance(b, array) else array("q", b[:n])
-    lo, step = 0, 64
-    while lo < n:  # gallop with C-level slice compares, then bisect the window
-        hi = min(n, lo + step)
-        if a[lo:hi] != bb[lo:hi]:
-            while hi - lo > 1:
-                mid = (lo + hi) // 2
-                if a[lo:mid] == bb[lo:mid]:
-                    lo = mid
-                else:
-                    hi = mid
-            return lo if a[lo] != bb[lo] else lo + 1
-        lo, step = hi, step * 2
-    return n

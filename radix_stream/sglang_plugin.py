@@ -8,12 +8,15 @@ because SGLang may load plugins in several processes and more than once.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from radix_stream.tree import StreamingRadixCache
 
 BACKEND_NAME = "stream2llm"
 
 
-def build_streaming_tree(ctx: Any) -> Any:
+def build_streaming_tree(ctx: Any) -> StreamingRadixCache:  # ctx: SGLang's, no stubs
     """Factory for SGLang's ``TreeCacheBuildContext``: same params as its own tree."""
     from radix_stream.tree import StreamingRadixCache
 

@@ -6,8 +6,10 @@ same code. What streaming adds, at the level of tree nodes:
 
 * ``extend_from``: grow a stream's path from its current last node, instead of
   re-matching the whole input from the root on every chunk.
-* ``node_at_depth``: find (splitting if needed) the node that ends exactly at a
-  given depth of a path: where an update's longest common prefix (LCP) cuts.
+* ``node_at_depth`` / ``cut_path``: find (splitting if needed) the node that ends
+  exactly at a given depth of a path, and cut the path there: where an update's
+  longest common prefix (LCP) falls. Both trees' cuts (``StreamKVCache`` and the
+  SGLang engine's ``kv.cut_to``) are this one function.
 * ``exclusive_chain`` / ``free_chain``: the nodes at the bottom of a path that
   nobody else needs (no lock, no other branch below them), and freeing them at
   once, rather than waiting for LRU eviction to find them.
@@ -30,10 +32,10 @@ from sglang.srt.mem_cache.radix_cache import RadixCache, RadixKey, TreeNode
 __all__ = ["StreamingRadixCache", "RadixKey", "TreeNode", "CacheInitParams", "EvictParams"]
 
 
-class StreamingRadixCache(RadixCache):
+class StreamingRadixCache(RadixCache):  # type: ignore[misc]  # SGLang has no stubs
     """RadixCache plus leaf extension, LCP cuts and exclusive-subtree freeing."""
 
-    def key(self, token_ids: array, extra_key: str | None = None) -> RadixKey:
+    def key(self, token_ids: array[int], extra_key: str | None = None) -> RadixKey:
         return RadixKey(token_ids, extra_key)
 
     # ---- paths ----------------------------------------------------------
@@ -71,9 +73,32 @@ class StreamingRadixCache(RadixCache):
             node = node.parent
         return node
 
+    def cut_path(
+        self, node: TreeNode, depth: int, keep_head: int = 0
+    ) -> tuple[TreeNode, torch.Tensor | None]:
+        """Cut the path that ends at ``node`` (locked once by the caller) back to
+        ``depth`` tokens (page aligned): where an update's LCP falls.
+
+        The caller's lock moves to the node ending at ``depth``, which is returned;
+        the part below it that only the caller needed is freed now, not left to
+        LRU. With ``keep_head`` > 0 and all of that part freed, the first
+        ``keep_head`` slots just below the cut are kept and returned (a partially
+        valid page the caller keeps as its own); else None.
+        """
+        target = self.node_at_depth(node, depth)
+        chain = self.exclusive_chain(node, own_locks=1)
+        if target in chain:  # everything below the cut is the caller's alone
+            chain, whole = chain[: chain.index(target)], True
+        else:
+            whole = bool(chain) and chain[-1].parent is target
+        if target is not node:
+            self.inc_lock_ref(target)
+            self.dec_lock_ref(node)
+        return target, self.free_chain(chain, keep_head=keep_head if whole else 0)
+
     # ---- growth ---------------------------------------------------------
     def extend_from(
-        self, node: TreeNode, token_ids: array, slots: torch.Tensor, extra_key: str | None
+        self, node: TreeNode, token_ids: array[int], slots: torch.Tensor, extra_key: str | None
     ) -> tuple[TreeNode, int]:
         """Insert ``token_ids`` (page aligned) below ``node``.
 
@@ -89,7 +114,7 @@ class StreamingRadixCache(RadixCache):
         return last, dup
 
     def match_from(
-        self, node: TreeNode, token_ids: array, extra_key: str | None
+        self, node: TreeNode, token_ids: array[int], extra_key: str | None
     ) -> tuple[TreeNode, int]:
         """Longest cached continuation of ``node``'s path by ``token_ids``."""
         key = RadixKey(token_ids, extra_key).page_aligned(self.page_size)
@@ -135,7 +160,8 @@ class StreamingRadixCache(RadixCache):
         return kept
 
     def evict_tokens(self, num_tokens: int) -> int:
-        return self.evict(EvictParams(num_tokens=num_tokens)).num_tokens_evicted
+        n: int = self.evict(EvictParams(num_tokens=num_tokens)).num_tokens_evicted
+        return n
 
     # ---- inspection -----------------------------------------------------
     def iter_nodes(self) -> Iterator[TreeNode]:

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from retrievers.prompt import PLAIN_LAYOUT, PromptLayout
+from stream2llm.lcp import common_prefix_len as lcp_len  # the one LCP (str or token lists)
 
 if TYPE_CHECKING:
     from retrievers.hnsw import Hit, HnswIndex
@@ -90,15 +91,6 @@ def order_hits(prev: Sequence[Hit], new: Sequence[Hit], order: Order = "stable")
     kept = [new_by_id[h.id] for h in prev if h.id in new_by_id]
     kept_ids = {h.id for h in kept}
     return kept + [h for h in by_score if h.id not in kept_ids]
-
-
-def lcp_len(a: Sequence[object], b: Sequence[object]) -> int:
-    """Length of the longest common prefix of two sequences (str or token lists)."""
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
 
 
 def lcp_tokens(a: str, b: str, tokenize: Callable[[str], Sequence[object]] = str.split) -> int:

@@ -6,20 +6,26 @@ arrive (``add_chunk``) and requests may be aborted; both are applied so that the
 running step is never disturbed (update-mode cuts and aborts of in-flight
 streams wait for the commit).
 
-Plan (pure): order live streams by the policy; walk them with the token budget
-and, as the memory budget, everything that is free or evictable plus what the
-*lower-ranked* streams hold (they are preemptible). Acquire: resume/reserve in
-plan order; when ``kv.reserve`` fails, preempt the lowest-ranked planned-out
-stream ranked below the one being served that holds KV, and retry.
+Plan (pure, planning.py): order live streams by the policy; walk them with the
+token budget; if free + evictable memory does not cover the result, walk everyone
+again with, as the memory budget, everything that is free or evictable plus what
+the *lower-ranked* streams hold (they are preemptible). Acquire (acquire.py):
+resume/reserve in plan order; when ``kv.reserve`` fails, preempt the lowest-ranked
+planned-out stream ranked below the one being served that holds KV, and retry.
+
+The KV manager is anything that satisfies ``scheduler.kv_protocol.KVManager``.
 """
 
 from __future__ import annotations
 
 from time import perf_counter
-from typing import Any
+from typing import Generic, TypeVar
 
+from scheduler.acquire import Acquisition
 from scheduler.cost_model import CostModel
-from scheduler.plan import Event, PlanItem, Preemption, StepPlan
+from scheduler.kv_protocol import KVManager
+from scheduler.plan import Event, StepPlan
+from scheduler.planning import Chosen, Planner
 from scheduler.policies import Policy
 from scheduler.preemption import PreemptionMode, PreemptionRule
 from scheduler.registry import get_policy
@@ -31,49 +37,51 @@ from scheduler.stream import (
     SamplingParams,
     Stream,
     StreamError,
+    StreamState,
     UnknownStream,
-    common_prefix,
 )
+from stream2llm.lcp import common_prefix_len
+
+KV = TypeVar("KV", bound=KVManager, covariant=True)  # Scheduler[StreamKVCache] is a Scheduler[KVManager]
 
 
-class Scheduler:
-    """Streams, a policy, a KV manager; see the module docstring."""
+class Scheduler(Generic[KV]):
+    """Streams, a policy, a KV manager; see the module docstring.
+
+    ``reuse_prefix``: each chunk adopts KV the radix tree already holds for the
+    stream's input (see ``reuse_prefix``); the serving worker wants it, the
+    simulator turns it off (its cost tables are measured without prefix caching).
+    """
 
     def __init__(
         self,
-        kv: Any,
+        kv: KV,
         policy: Policy | str = "fcfs",
         preemption: PreemptionMode = "cost",
         cost_model: CostModel | None = None,
         token_budget: int = 2048,
         artifact_cost_rule: bool = False,
         max_batch: int | None = None,
+        reuse_prefix: bool = True,
     ) -> None:
         self.kv = kv
         self.policy = get_policy(policy) if isinstance(policy, str) else policy
         self.rule = PreemptionRule(preemption, cost_model, artifact_cost_rule)
         self.token_budget = token_budget
         self.max_batch = max_batch
-        self.page = int(getattr(kv, "page_size", 1))
+        self.page = kv.page_size
+        self.reuses_prefix = reuse_prefix
         self.streams: dict[str, Stream] = {}
         self._seq = 0
         self._inflight: StepPlan | None = None
         self.last_decision_s = 0.0  # policy ordering + plan walk of the last schedule()
         self.last_acquire_s = 0.0  # KV resume/reserve/preempt of the last schedule()
-        pol = type(self.policy)
-        self._holds = pol.hold_until is not Policy.hold_until
-        self._limited = self._holds or pol.partial_step_tokens is not None
-        self._wake = float("inf")  # earliest end of a hold seen by the last plan walk
+        self.planner = Planner(self.policy)
         self._work: dict[str, Stream] = {}  # streams with pending > 0 (kept incrementally)
-        self.stats: dict[str, int] = {
-            "recompute": 0,
-            "swap": 0,
-            "tokens_invalidated": 0,
-            "swap_out_tokens": 0,
-            "swap_in_tokens": 0,
-            "recomputed_tokens_dropped": 0,
-            "steps": 0,
-        }
+        self.stats: dict[str, int] = dict.fromkeys(
+            ("recompute", "swap", "tokens_invalidated", "swap_out_tokens", "swap_in_tokens",
+             "recomputed_tokens_dropped", "steps"), 0,
+        )  # fmt: skip
 
     # ---- requests ---------------------------------------------------------------
     def get(self, rid: str) -> Stream:
@@ -82,14 +90,8 @@ class Scheduler:
         except KeyError:
             raise UnknownStream(rid) from None
 
-    def open(
-        self,
-        rid: str,
-        mode: Mode,
-        now: float,
-        sampling: SamplingParams | None = None,
-        extra_key: str | None = None,
-    ) -> Stream:
+    def open(self, rid: str, mode: Mode, now: float, sampling: SamplingParams | None = None,
+             extra_key: str | None = None) -> Stream:  # fmt: skip
         if rid in self.streams:
             raise DuplicateStream(f"{rid}: already open")
         if mode not in ("append", "update"):
@@ -104,7 +106,10 @@ class Scheduler:
         self, rid: str, token_ids: list[int] | tuple[int, ...], final: bool, now: float,
         index: int | None = None,
     ) -> ChunkResult:
-        """Append (extend) or update (replace) the input. Raises ``StreamError``."""
+        """Append (extend) or update (replace) the input, then (``reuse_prefix``)
+        adopt cached KV for it; ``kept`` then counts the adopted KV too. Checks the
+        stream's state only (the worker checks token ids and context length).
+        Raises ``StreamError``."""
         s = self.get(rid)
         s.check_chunk(now, index)
         if final and s.mode == "update" and not token_ids:
@@ -116,8 +121,9 @@ class Scheduler:
             result = ChunkResult(s.computed, 0, s.in_flight)
         elif s.in_flight:  # cut after the running step commits: count it against that
             new = list(token_ids)
-            after = s.computed + self._inflight_tokens(rid)
-            lcp = common_prefix(s.input_ids, new, limit=after)
+            assert self._inflight is not None
+            after = s.computed + self._inflight.num_tokens.get(rid, 0)
+            lcp = common_prefix_len(s.input_ids, new, limit=after)
             s.input_ids = new
             s.pending_input = new
             result = ChunkResult(lcp, after - lcp, True)
@@ -125,7 +131,7 @@ class Scheduler:
             new = list(token_ids)
             before = s.computed
             s.input_ids = new
-            self._truncate(s)
+            self._cut(s, s.input_ids)
             result = ChunkResult(s.computed, before - s.computed, False)
         s.note_chunk(now, final)
         limit = self.kv.capacity - 2 * self.page
@@ -134,6 +140,8 @@ class Scheduler:
         if not s.in_flight:
             self._ensure_sampleable(s)
         self._touch(s)
+        if self.reuses_prefix and not s.in_flight and s.preempted is None:
+            result = ChunkResult(self.reuse_prefix(rid), result.invalidated, result.deferred)
         return result
 
     def reuse_prefix(self, rid: str) -> int:
@@ -142,9 +150,7 @@ class Scheduler:
 
         Only between steps, and never for a preempted stream (its KV is being
         restored). A final input keeps its last token uncomputed so there is
-        something to sample from. The runtime calls this after each chunk; the
-        simulator does not (its tables are measured without prefix caching).
-        """
+        something to sample from. ``add_chunk`` calls it (``reuse_prefix=True``)."""
         s = self.get(rid)
         if s.in_flight or s.preempted is not None:
             return s.computed
@@ -184,16 +190,16 @@ class Scheduler:
         work = sorted(
             (s for s in self._work.values() if not s.abort_pending), key=lambda s: key(s, now)
         )
-        chosen, fits = self._plan_fast(work, now)
+        chosen, fits = self._walk(work, now, bounded=False)
         order: list[Stream] | None = None
         if not fits:  # memory binds: rank everyone (lower-ranked holders are preemptible)
             order = self.full_order(now)
-            chosen = self._plan_with_memory(order, now)
+            chosen, _ = self._walk(order, now, bounded=True)
         self.last_decision_s = perf_counter() - t0  # policy + plan, without KV allocation
-        if self._wake < float("inf"):
-            plan.retry_at = self._wake
+        if self.planner.wake < float("inf"):
+            plan.retry_at = self.planner.wake
         if chosen:
-            self._acquire(order, chosen, plan, now)
+            Acquisition(self, order, chosen, plan, now).run()
         self.last_acquire_s = perf_counter() - t0 - self.last_decision_s
         if plan.items:
             self._inflight = plan
@@ -206,189 +212,19 @@ class Scheduler:
             (s for s in self.streams.values() if not s.abort_pending), key=lambda s: key(s, now)
         )
 
-    def plan(self, order: list[Stream], now: float = 0.0) -> list[tuple[Stream, int]]:
+    def plan(self, order: list[Stream], now: float = 0.0) -> Chosen:
         """Phase 1, no mutation: which streams run and how many tokens each."""
-        chosen, fits = self._plan_fast(order, now)
-        return chosen if fits else self._plan_with_memory(order, now)
+        chosen, fits = self._walk(order, now, bounded=False)
+        return chosen if fits else self._walk(order, now, bounded=True)[0]
 
-    def _cap(self, s: Stream, n: int, now: float, partial: int) -> int:
-        """The policy's limits on a partial stream: held back (0) or the per-step cap
-        on partial prefill (``partial`` tokens of it already planned)."""
-        if s.final:
-            return n
-        if self._holds:
-            t = self.policy.hold_until(s, now)
-            if t is not None and t > now:
-                self._wake = min(self._wake, t)
-                return 0
-        cap = self.policy.partial_step_tokens
-        if cap is None or s.mode not in self.policy.partial_cap_modes:
-            return n
-        return min(n, cap - partial)
-
-    def _plan_fast(
-        self, order: list[Stream], now: float = 0.0
-    ) -> tuple[list[tuple[Stream, int]], bool]:
-        """Token budget only; ``fits`` if free + evictable memory covers it (then the
-        memory-aware walk would choose exactly the same)."""
-        budget = self.token_budget
-        max_items = self.max_batch or 1 << 30
-        page = self.page
-        limited = self._limited
-        self._wake = float("inf")
-        out: list[tuple[Stream, int]] = []
-        need = partial = 0
-        for s in order:  # fast path: the token budget binds before memory does
-            if budget <= 0 or len(out) >= max_items:
-                break
-            p = s.pending
-            if p > 0:
-                n = p if p < budget else budget
-                if limited and not s.final:
-                    n = self._cap(s, n, now, partial)
-                    if n <= 0:
-                        continue
-                    partial += n
-                out.append((s, n))
-                budget -= n
-                need += n + s.swapped_tokens + page
-        return out, need <= self.kv.available()
-
-    def _plan_with_memory(self, order: list[Stream], now: float = 0.0) -> list[tuple[Stream, int]]:
-        by_rank = getattr(self.kv, "held_by_rank", None)  # shared prefixes counted once
-        if by_rank is not None:
-            held = by_rank([s.rid for s in order])
-        else:
-            held = [self.kv.held_tokens(s.rid) if s.computed else 0 for s in order]
-        mem = self.kv.available() + sum(held)
-        budget = self.token_budget
-        max_items = self.max_batch or 1 << 30
-        page = self.page
-        limited = self._limited
-        self._wake = float("inf")
-        out: list[tuple[Stream, int]] = []
-        partial = 0
-        for s, h in zip(order, held, strict=True):
-            mem -= h  # ranked at or above the next candidates: not preemptible for them
-            if budget <= 0 or len(out) >= max_items:
-                break
-            p = s.pending
-            if p <= 0:
-                continue
-            room = mem - s.swapped_tokens - page
-            n = min(p, budget, room)
-            if limited and not s.final and n > 0:
-                n = self._cap(s, n, now, partial)
-                partial += max(n, 0)
-            if n <= 0:
-                continue
-            out.append((s, n))
-            budget -= n
-            mem -= n + s.swapped_tokens + page
-        return out
-
-    def _acquire(
-        self, order: list[Stream] | None, chosen: list[tuple[Stream, int]], plan: StepPlan,
-        now: float,
-    ) -> None:
-        """Phase 2: make chosen streams resident and reserve their slots, in order."""
-        planned = {id(s) for s, _ in chosen}
-        victims: list[Stream] = []
-        rank: dict[int, int] = {}
-        vi = -1
-
-        def preempt_one(for_s: Stream, n: int) -> bool:
-            nonlocal vi, victims, rank
-            if vi < 0:  # rank everyone only when someone must be evicted
-                full = order if order is not None else self.full_order(now)
-                victims = [s for s in reversed(full) if id(s) not in planned]
-                vkey = self.policy.victim_key
-                if victims and vkey(victims[0], now) is not None:
-                    victims.sort(key=lambda s: vkey(s, now))  # type: ignore[arg-type,return-value]
-                rank = {id(s): i for i, s in enumerate(full)}
-                vi = 0
-            r = rank[id(for_s)]
-            kept: set[int] | None = None
-            while vi < len(victims):
-                v = victims[vi]
-                vi += 1
-                if v.in_flight or v.preempted or rank[id(v)] < r or not v.computed:
-                    continue
-                held = self.kv.held_tokens(v.rid)
-                if held <= 0:  # all shared: useful only if the sharers are victims too
-                    if kept is None:
-                        kept = self._kept_nodes(full_rank(), r, victims[vi - 1 :])
-                    if kept is None or not self.kv.holds_beyond(v.rid, kept):
-                        continue
-                self._preempt(v, self.rule.choose(held, n), plan)
-                return True
-            return False
-
-        def full_rank() -> list[Stream]:
-            return order if order is not None else self.full_order(now)
-
-        batch = self._reserve_batch(chosen) if order is None else {}
-        for s, n in chosen:
-            slots = batch.get(id(s))
-            if slots is None:
-                if s.preempted is not None:
-                    if not self._resume(s, n, plan, preempt_one):
-                        continue
-                    n = min(n, s.pending)
-                    if n <= 0:
-                        continue
-                slots = self.kv.reserve(s.rid, n)
-                while slots is None and preempt_one(s, n):
-                    slots = self.kv.reserve(s.rid, n)
-                if slots is None:  # shrink to what fits (a partial chunk of prefill)
-                    fit = (self.kv.available() // self.page) * self.page - self.page
-                    if fit <= 0:
-                        continue
-                    n = min(n, fit)
-                    slots = self.kv.reserve(s.rid, n)
-                    if slots is None:
-                        continue
-            start = s.computed
-            decode = bool(s.outputs) and n == 1 and start == s.seq_len - 1
-            plan.items.append(
-                PlanItem(
-                    rid=s.rid,
-                    start=start,
-                    token_ids=s.tokens(start, n),
-                    sample=s.final and start + n == s.seq_len,
-                    new_slots=slots,
-                    decode=decode,
-                )
-            )
-            s.in_flight = True
-            s.last_sched_s = now
-            self._touch(s)
-
-    def _kept_nodes(self, full: list[Stream], r: int, later: list[Stream]) -> set[int] | None:
-        """Tree nodes that streams which stay resident hold (every stream but the
-        victims still to come, ``later``, ranked at or below ``r``); None when the KV
-        manager cannot say. A victim whose path leaves these nodes frees that part
-        once it and the later victims sharing it are preempted."""
-        ids = getattr(self.kv, "path_node_ids", None)
-        if ids is None:
-            return None
-        rank = {id(s): i for i, s in enumerate(full)}
-        going = {id(v) for v in later if rank[id(v)] >= r and not v.in_flight}
-        return ids([s.rid for s in full if id(s) not in going])  # type: ignore[no-any-return]
-
-    def _reserve_batch(self, chosen: list[tuple[Stream, int]]) -> dict[int, Any]:
-        """Fast path (the plan fits in free + evictable memory): reserve every resident
-        item with one ``kv.reserve_many`` call. The allocator's fixed per-call cost was
-        most of ``schedule()`` (docs/performance.md); ``{}`` leaves every item to the
-        one-by-one path (KV managers without ``reserve_many``, or the pool said no)."""
-        many = getattr(self.kv, "reserve_many", None)
-        ready = [(s, n) for s, n in chosen if s.preempted is None]
-        if many is None or len(ready) < 2:
-            return {}
-        got = many([(s.rid, n) for s, n in ready])
-        if got is None:
-            return {}
-        return {id(s): slots for (s, _), slots in zip(ready, got, strict=True)}
+    def _walk(self, order: list[Stream], now: float, bounded: bool) -> tuple[Chosen, bool]:
+        """The plan walk; ``bounded``: with the memory budget (shared prefixes counted
+        once in what each stream holds)."""
+        held = self.kv.held_by_rank([s.rid for s in order]) if bounded else None
+        return self.planner.walk(
+            order, now, self.token_budget, self.max_batch or 1 << 30, self.page,
+            self.kv.available(), held,
+        )  # fmt: skip
 
     def finish_step(self, plan: StepPlan, sampled: dict[str, int], now: float) -> list[Event]:
         """Commit a computed plan; ``sampled`` has one token per item with ``sample``."""
@@ -405,7 +241,7 @@ class Scheduler:
             s.computed = self.kv.computed(it.rid)
             if s.pending_input is not None:
                 s.pending_input = None
-                self._truncate(s)
+                self._cut(s, s.input_ids)
             if s.abort_pending:
                 events.append(self._close(s, aborted=True, now=now))
                 continue
@@ -427,18 +263,6 @@ class Scheduler:
             self._touch(s)
         return events
 
-    # ---- helpers ------------------------------------------------------------------
-    def _inflight_tokens(self, rid: str) -> int:
-        assert self._inflight is not None
-        for it in self._inflight.items:
-            if it.rid == rid:
-                return it.num_tokens
-        return 0
-
-    def _truncate(self, s: Stream) -> None:
-        """Cut the KV to the LCP of what is computed and the new input."""
-        self._cut(s, s.input_ids)
-
     def _cut(self, s: Stream, ids: list[int]) -> None:
         """Cut the KV to the LCP with ``ids``; a swapped copy past the cut is gone."""
         before = s.computed
@@ -457,43 +281,7 @@ class Scheduler:
         if s.final and not s.outputs and s.pending <= 0 and s.input_ids:
             self._cut(s, s.input_ids[:-1])
 
-    def _preempt(self, v: Stream, kind: str, plan: StepPlan) -> None:
-        before = v.computed
-        res = self.kv.preempt(v.rid, kind)
-        kind = getattr(res, "mode", kind)
-        v.computed = self.kv.computed(v.rid)
-        if kind == "swap" and res.swapped > 0:
-            v.preempted, v.swapped_tokens = "swap", int(res.swapped)
-            self.stats["swap_out_tokens"] += v.swapped_tokens
-            tokens = v.swapped_tokens
-        else:
-            kind = "recompute"
-            v.preempted, v.swapped_tokens = "recompute", 0
-            tokens = before - v.computed
-            self.stats["recomputed_tokens_dropped"] += tokens
-        v.preemptions += 1
-        self._touch(v)
-        self.stats[kind] += 1
-        plan.preempted.append(Preemption(v.rid, kind, tokens, int(res.freed)))  # type: ignore[arg-type]
-
-    def _resume(self, s: Stream, n: int, plan: StepPlan, preempt_one: Any) -> bool:
-        ok = self.kv.resume(s.rid)
-        while not ok and preempt_one(s, n):
-            ok = self.kv.resume(s.rid)
-        if not ok:
-            return False
-        before, s.computed = s.computed, self.kv.computed(s.rid)
-        if s.swapped_tokens and s.computed >= before:  # else: the prefix was evicted and
-            plan.swapped_in.append((s.rid, s.swapped_tokens))  # the host copy dropped
-            self.stats["swap_in_tokens"] += s.swapped_tokens
-        s.preempted, s.swapped_tokens = None, 0
-        self._ensure_sampleable(s)
-        self._touch(s)
-        return True
-
     def _close(self, s: Stream, aborted: bool, now: float) -> Event:
-        from scheduler.stream import StreamState
-
         self.kv.close(s.rid, keep_cache=not aborted)
         s.terminal = StreamState.ABORTED if aborted else StreamState.FINISHED
         s.done_s = now
@@ -508,7 +296,6 @@ class Scheduler:
         else:
             self._work.pop(s.rid, None)
 
-    # ---- introspection ------------------------------------------------------------
     def live(self) -> int:
         return len(self.streams)
 

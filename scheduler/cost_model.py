@@ -29,6 +29,7 @@ import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -152,7 +153,7 @@ class FixedCosts:
     source: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def from_profile(cls, profile: dict) -> FixedCosts:
+    def from_profile(cls, profile: dict[str, Any]) -> FixedCosts:
         f = dict(profile.get("fixed") or {})
         known = {k: f[k] for k in cls.__dataclass_fields__ if k in f}
         bad = [k for k, v in known.items() if k != "source" and (
@@ -179,7 +180,7 @@ def attention_pairs(start: int, n: int) -> float:
 class CostModel:
     """Fitted latency curves for one hardware profile."""
 
-    def __init__(self, profile: dict) -> None:
+    def __init__(self, profile: dict[str, Any]) -> None:
         self.profile = profile
         self.name: str = profile.get("name", "unnamed")
         self.derived: bool = bool(profile.get("derived", False))
@@ -192,7 +193,7 @@ class CostModel:
         self.kv_capacity_tokens: int | None = profile.get("kv_capacity_tokens")
 
     @staticmethod
-    def _fit_step(profile: dict) -> StepModel:
+    def _fit_step(profile: dict[str, Any]) -> StepModel:
         rows: list[tuple[float, float, float, float, float]] = []  # T, P, C, I, seconds
         for n, t in zip(profile["prefill"]["tokens"], profile["prefill"]["seconds"], strict=True):
             rows.append((n, attention_pairs(0, int(n)), n, 1, t))

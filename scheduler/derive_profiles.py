@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
-from typing import TypedDict
+from typing import Any, TypedDict
 
 from scheduler.cost_model import PROFILE_DIR, attention_pairs
 
@@ -150,7 +150,7 @@ def kv_capacity_tokens(hw: Hardware) -> int:
     return int(per_gpu * hw.tp / hw.kv_bytes_per_token)
 
 
-def derive(hw: Hardware) -> dict:
+def derive(hw: Hardware) -> dict[str, Any]:
     ns = [16 << i for i in range(14)]  # 16 .. 128K, as the artifact profiles
     # the curves are the forward pass; the step overhead is fixed.step_s
     prefill = [step_seconds(hw, n, attention_pairs(0, n), n, False) for n in ns]

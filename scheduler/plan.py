@@ -9,7 +9,10 @@ final chunk that lands while the step runs can never make a token appear early.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(slots=True)
@@ -18,7 +21,7 @@ class PlanItem:
     start: int  # position of token_ids[0]; kv.slots(rid)[:start] is the cached prefix
     token_ids: list[int]
     sample: bool  # completes the final input, or is a decode step: sample one token
-    new_slots: Any = None  # kv.reserve(...) result: slots for [start, start+n)
+    new_slots: torch.Tensor  # kv.reserve(...) result: slots for [start, start+n)
     decode: bool = False  # the only token is the last sampled output
 
     @property

@@ -25,7 +25,8 @@ def new(cap: int = 256, page: int = 1, policy: str = "fcfs", preemption: str = "
         budget: int = 64) -> Scheduler:
     kv = make_kv(cap, page, host_capacity_tokens=4 * cap)
     return Scheduler(kv, policy=policy, preemption=preemption,  # type: ignore[arg-type]
-                     cost_model=CostModel.load("cpu-reference"), token_budget=budget)
+                     cost_model=CostModel.load("cpu-reference"), token_budget=budget,
+                     reuse_prefix=False)
 
 
 def step(s: Scheduler, now: float, tok: int = 7):

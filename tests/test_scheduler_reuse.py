@@ -41,3 +41,15 @@ def test_no_reuse_while_a_step_is_running() -> None:
     assert s.reuse_prefix("a") == 0  # in flight: the step's slots are not touched
     s.finish_step(plan, {}, 0.1)
     s.kv.check()
+
+
+def test_add_chunk_reuses_the_prefix_itself_unless_turned_off() -> None:
+    for reuse in (True, False):
+        s = new(cap=512)
+        s.reuses_prefix = reuse
+        s.open("a", "append", 0.0)
+        s.add_chunk("a", TEMPLATE + [1, 2, 3], True, 0.0)
+        drain(s, 0.1)
+        s.open("b", "append", 0.2)
+        res = s.add_chunk("b", TEMPLATE + [9, 9], False, 0.2)
+        assert res.kept == s.get("b").computed == (len(TEMPLATE) if reuse else 0)

@@ -46,7 +46,7 @@ def _run(seed: int, preemption: str) -> tuple[set[str], Scheduler]:
     pool = max(sum(len(p) for p in c["append"]) for c in cases) + 2 * NEW + 16
     kv = make_kv(pool, 1, host_capacity_tokens=4 * pool)
     s = Scheduler(kv, "fcfs", preemption, CostModel.load("cpu-reference"),  # type: ignore[arg-type]
-                  token_budget=32)  # fmt: skip
+                  token_budget=32, reuse_prefix=False)  # fmt: skip
     rest: dict[str, list[list[int]]] = {}
     now = 0.0
     for i, c in enumerate(cases):

@@ -10,6 +10,7 @@ from eval.replay_query import whole_input
 from eval.sim import non_streaming
 from eval.validate_trace import Case, build, scale_query
 from eval.workloads import generate
+from stream2llm.lcp import common_prefix_len as _lcp
 
 
 @pytest.fixture(scope="module")
@@ -18,15 +19,6 @@ def tok():
     from srt_ext.engines.reference.tiny_model import ensure_tiny_model
 
     return TokenizerRoom(ensure_tiny_model())
-
-
-def _lcp(a, b) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 @pytest.mark.parametrize("workload", ["crawler", "anns"])

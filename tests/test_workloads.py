@@ -21,6 +21,7 @@ from eval.workloads import (
     main,
     summarize,
 )
+from stream2llm.lcp import common_prefix_len as _lcp
 from stream2llm.trace import read_trace, write_trace
 
 HEAD = (*TEMPLATE_IDS, CONTEXT_ID)
@@ -29,15 +30,6 @@ HEAD = (*TEMPLATE_IDS, CONTEXT_ID)
 TOLERANCE = {
     "mean": 0.06, "p50": 0.06, "p5": 0.10, "p75": 0.08, "p95": 0.10, "p99": 0.15,
 }  # fmt: skip
-
-
-def _lcp(a: tuple[int, ...], b: tuple[int, ...]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 @pytest.mark.parametrize("workload", ["crawler", "anns"])

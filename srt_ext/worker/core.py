@@ -159,13 +159,10 @@ class WorkerCore:
             raise StreamError(f"{rid}: {new_len} input + {r.spec.max_new_tokens} new tokens "
                               f"exceed the context length {self.max_tokens}")  # fmt: skip
         now = self.now()
-        res = self.sched.add_chunk(rid, ids, final, now)
-        cached = res.kept
-        if not s.in_flight and s.preempted is None:
-            cached = self.sched.reuse_prefix(rid)
+        res = self.sched.add_chunk(rid, ids, final, now)  # also adopts cached prefix KV
         if final:
-            r.final_t, r.cached_at_final, r.prompt_tokens = now, cached, len(s.input_ids)
-        return m.ChunkReply(req_id, rid, len(s.input_ids), cached, res.invalidated, res.deferred)
+            r.final_t, r.cached_at_final, r.prompt_tokens = now, res.kept, len(s.input_ids)
+        return m.ChunkReply(req_id, rid, len(s.input_ids), res.kept, res.invalidated, res.deferred)
 
     def _abort(self, req_id: int, rid: str) -> tuple[Any, list[Any]]:
         s = self.sched.get(rid)

@@ -27,6 +27,7 @@ from sglang.srt.managers.schedule_policy import (
 
 from srt_ext.engines.sglang import kv
 from srt_ext.engines.sglang.state import StreamTable, table
+from stream2llm.lcp import common_prefix_len
 
 
 def order_waiting_queue(waiting_queue: list, t: StreamTable | None = None) -> None:
@@ -81,7 +82,7 @@ class StreamPrefillAdder(PrefillAdder):
             done = kv.park(t, info, req, self.tree_cache)
             if info.pending_input is not None:
                 new, info.pending_input = info.pending_input, None
-                cut = kv.cut_to(self.tree_cache, info, kv.common_prefix(req.origin_input_ids, new))
+                cut = kv.cut_to(self.tree_cache, info, common_prefix_len(req.origin_input_ids, new))
                 info.tokens_invalidated += cut
                 t.tokens_invalidated += cut
                 kv.set_input(req, new)

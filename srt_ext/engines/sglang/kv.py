@@ -8,8 +8,8 @@ the path with one tree lock, so LRU eviction leaves it alone; the next chunk
 re-queues the request and ``init_next_round_input`` matches the cached prefix.
 
 *Cutting*: an update replaces the input; the pinned path is truncated to the
-longest common prefix with ``StreamingRadixCache.node_at_depth`` and the part
-below is freed at once with ``exclusive_chain``/``free_chain`` (not left to LRU).
+longest common prefix with ``StreamingRadixCache.cut_path`` (the cut StreamKVCache
+uses too), which frees the part below at once (not left to LRU).
 """
 
 from __future__ import annotations
@@ -18,14 +18,6 @@ from array import array
 from typing import Any
 
 from srt_ext.engines.sglang.state import StreamInfo, StreamTable
-
-
-def common_prefix(a: array, b: array) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
 
 
 def pin(tree: Any, info: StreamInfo, node: Any) -> None:
@@ -44,7 +36,8 @@ def unpin(tree: Any, info: StreamInfo) -> None:
 
 def cut_to(tree: Any, info: StreamInfo, lcp: int) -> int:
     """Truncate the pinned path to ``lcp`` tokens (page aligned down), freeing
-    the exclusive part below the cut now. Returns cached tokens invalidated."""
+    the exclusive part below the cut now (``tree.cut_path``, as StreamKVCache
+    does). Returns cached tokens invalidated."""
     node = info.pin
     if node is None:
         return 0
@@ -52,16 +45,8 @@ def cut_to(tree: Any, info: StreamInfo, lcp: int) -> int:
     keep = min(lcp, depth) // tree.page_size * tree.page_size
     if keep == depth:
         return 0
-    cut = tree.node_at_depth(node, keep)
-    tree.dec_lock_ref(node)
-    info.pin = None
-    chain = []
-    for n in tree.exclusive_chain(node, 0):
-        if n is cut:
-            break
-        chain.append(n)
-    tree.free_chain(chain)
-    pin(tree, info, cut)
+    cut, _ = tree.cut_path(node, keep)
+    info.pin = cut if cut is not tree.root_node else None
     return depth - keep
 
 

@@ -27,6 +27,7 @@ from sglang.utils import TypeBasedDispatcher
 
 from srt_ext.engines.sglang import kv
 from srt_ext.engines.sglang.state import table
+from stream2llm.lcp import common_prefix_len
 
 
 # sglang ships no type information, so BaseReq is Any to mypy, which then checks the
@@ -139,7 +140,7 @@ def handle_stream_chunk(scheduler: Any, msg: StreamChunkReq) -> StreamChunkOutpu
         info.pending_input = new  # applied when the adder parks it between steps
     else:
         if info.pin is not None:
-            invalidated = kv.cut_to(tree, info, kv.common_prefix(req.origin_input_ids, new))
+            invalidated = kv.cut_to(tree, info, common_prefix_len(req.origin_input_ids, new))
         kv.set_input(req, new)
     info.tokens_invalidated += invalidated
     t.tokens_invalidated += invalidated
@@ -148,7 +149,7 @@ def handle_stream_chunk(scheduler: Any, msg: StreamChunkReq) -> StreamChunkOutpu
         kv.unpark(t, info, req, scheduler.waiting_queue)
     cached = tree.depth(info.pin) if info.pin is not None else int(req.prefix_len or 0)
     if info.pending_input is not None:  # the cut comes between steps; ack what will survive it
-        cached = min(cached, kv.common_prefix(req.origin_input_ids, info.pending_input))
+        cached = min(cached, common_prefix_len(req.origin_input_ids, info.pending_input))
     return StreamChunkOutput(
         rid=msg.rid,
         input_tokens=len(info.pending_input if info.pending_input is not None
