@@ -17,7 +17,7 @@ from srt_ext.engine.drive import DrivenStream, greedy_generate, run_streams
 from srt_ext.engine.model_store import TINY_MODEL
 from srt_ext.engine.probe import consistent_sizes
 from srt_ext.engine.shapes import SMOLLM2_135M, write_random_llama
-from srt_ext.engine.tiles import split_sizes
+from stream2llm.tiling import split_sizes
 
 pytestmark = pytest.mark.timeout(300)
 
