@@ -20,7 +20,8 @@ Fixed costs (the profile's ``fixed``, scheduler.cost_model.FixedCosts) are what
 a real server pays besides the forward pass, charged where the server pays them:
 a chunk reaches the scheduler ``chunk_s`` + its tokenization after the client
 sent it; every step costs ``step_s`` more, plus the LM head/sampler for the
-items that sample; the client has the first token ``request_s`` after the
+items that sample, plus what the profile's ``idle`` points charge a step that
+starts after the engine sat idle; the client has the first token ``request_s`` after the
 worker sampled it. With ``client_awaits_acks`` a streaming client sends a chunk
 only once the previous one was acknowledged, and the worker acknowledges only
 between steps (one loop applies messages and runs steps), as ``stream2llm
@@ -234,7 +235,8 @@ def simulate(
             res.decision_s += time.perf_counter() - t0
             if p.items:
                 samples = sum(1 for it in p.items if it.sample)
-                dur = cm.engine_step_s(((it.start, it.num_tokens) for it in p.items), samples)
+                dur = cm.engine_step_s([(it.start, it.num_tokens) for it in p.items], samples)
+                dur += cm.idle_s(now - step_end if res.busy_s else math.inf)  # a cold start
                 dur += sum(half_swap(pr.tokens) for pr in p.preempted if pr.kind == "swap")
                 dur += sum(half_swap(n) for _, n in p.swapped_in)
                 res.busy_s += dur

@@ -48,7 +48,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--out", default="out/validate", help="directory for JSON, profile, plot")
     p.add_argument("--num-queries", type=int, default=30, help="queries per case")
     p.add_argument("--cases", default=",".join(c.name for c in CASES), help="comma-separated")
-    p.add_argument("--profile", default=None, help="reuse this profile JSON (default: measure)")
+    p.add_argument("--profile", default=None,
+                   help="reuse this profile JSON's engine curves (default: measure them); the "
+                   "HTTP terms are measured on the validation's server unless it has them")
     p.add_argument("--threads", type=int, default=1, help="torch threads (profile and server)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--calibrate", choices=["none", "cross-pass"], default="none",
@@ -235,7 +237,11 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
-    prof = Path(args.profile) if args.profile else profile_engine(out / "profile.json", args.threads)
+    prof = out / "profile.json"
+    if args.profile:  # a copy: the HTTP terms measured below are added to it, not to the source
+        prof.write_text(Path(args.profile).read_text())
+    else:
+        profile_engine(prof, args.threads)
     tok = TokenizerRoom(ensure_tiny_model())
     cases = [replace(known[n], num_queries=args.num_queries, seed=args.seed) for n in names]
     results: dict[str, dict[str, dict[str, Side]]] = {}
@@ -244,7 +250,7 @@ def run(args: argparse.Namespace) -> int:
         with launch_server(subprocess=True, model_path=TINY_MODEL, max_total_tokens=pool, threads=args.threads,
                            cost_model=str(prof.resolve()), token_budget=TOKEN_BUDGET,
                            scheduler="fcfs", preemption="cost") as h:  # fmt: skip
-            if not args.profile and "chunk_s" not in json.loads(prof.read_text())["fixed"]:
+            if "chunk_s" not in json.loads(prof.read_text()).get("fixed", {}):
                 add_http_terms(prof, h.url)  # the preemption rule reads only the curves
             cm = CostModel.load(prof)
             for i, case in enumerate(c for c in cases if c.kv_capacity_tokens == pool):

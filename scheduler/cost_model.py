@@ -10,10 +10,9 @@ or derived points:
 ``CostModel`` fits each 1-D curve twice, a quadratic and a one-hinge
 piecewise-linear function, and keeps the better by R^2 (warning under 0.9): the
 artifact fits a quadratic while the paper's text says piecewise-linear, and the
-data decide. For the simulator it also fits one linear *step* model
-``t = a + b*T + c*P`` (T new tokens in the batch, P query-key pairs of
-attention) on the prefill and decode points together, so a mixed batch of
-chunks and decode tokens gets one consistent time.
+data decide. For the simulator it also fits one *step* model
+(scheduler/step_model.py) on every timed step of the profile together, so a
+mixed batch of chunks and decode tokens gets one consistent time.
 
 A profile may also carry ``"fixed"``: the costs real serving pays besides the
 forward pass (:class:`FixedCosts`: per request, per chunk, per step, per
@@ -32,6 +31,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from scheduler.step_model import fit_step
 
 PROFILE_DIR = Path(__file__).with_name("profiles")
 R2_WARN = 0.9
@@ -98,27 +99,6 @@ def fit_curve(xs: Sequence[float], ys: Sequence[float], what: str = "curve") -> 
 
 
 @dataclass(frozen=True)
-class StepModel:
-    """``t = a + b*T + c*P + d*C + e*I``: T new tokens in the batch, P attention
-    query-key pairs, C KV tokens the items attend over (each item's start + n), I
-    items. ``d`` and ``e`` are fitted only when the profile has points that tell
-    them apart (``chunk``: prefill at depth; ``batch``: several items per step);
-    otherwise they are 0 and C defaults to T."""
-
-    a: float
-    b: float
-    c: float
-    r2: float
-    d: float = 0.0
-    e: float = 0.0
-
-    def __call__(self, tokens: float, pairs: float, kv: float | None = None,
-                 items: int = 1) -> float:  # fmt: skip
-        kv = tokens if kv is None else kv
-        return self.a + self.b * tokens + self.c * pairs + self.d * kv + self.e * items
-
-
-@dataclass(frozen=True)
 class FixedCosts:
     """Seconds real serving pays outside the forward pass (all default to 0).
 
@@ -172,11 +152,6 @@ class FixedCosts:
         return self.tokenize_s_per_1k * tokens / 1000.0
 
 
-def attention_pairs(start: int, n: int) -> float:
-    """Query-key pairs of computing positions ``[start, start+n)`` causally."""
-    return n * start + n * (n + 1) / 2
-
-
 class CostModel:
     """Fitted latency curves for one hardware profile."""
 
@@ -188,44 +163,11 @@ class CostModel:
         self.fixed = FixedCosts.from_profile(profile)
         self.prefill = fit_curve(pre["tokens"], pre["seconds"], f"{self.name} prefill")
         self.swap = fit_curve(swp["tokens"], swp["seconds"], f"{self.name} swap")
-        self.step = self._fit_step(profile)
+        self.step = fit_step(profile)
         self.kv_bytes_per_token: int = int(profile.get("kv_bytes_per_token", 131072))
         self.kv_capacity_tokens: int | None = profile.get("kv_capacity_tokens")
-
-    @staticmethod
-    def _fit_step(profile: dict[str, Any]) -> StepModel:
-        rows: list[tuple[float, float, float, float, float]] = []  # T, P, C, I, seconds
-        for n, t in zip(profile["prefill"]["tokens"], profile["prefill"]["seconds"], strict=True):
-            rows.append((n, attention_pairs(0, int(n)), n, 1, t))
-        dec = profile.get("decode")
-        if dec:
-            for b, ctx, t in zip(dec["batch"], dec["context"], dec["seconds"], strict=True):
-                rows.append((b, b * ctx, b * (ctx + 1), b, t))
-        chunk, batch = profile.get("chunk") or {}, profile.get("batch") or {}
-        for st, n, t in zip(chunk.get("start", ()), chunk.get("tokens", ()),
-                            chunk.get("seconds", ()), strict=True):  # fmt: skip
-            rows.append((n, attention_pairs(int(st), int(n)), st + n, 1, t))
-        for k, n, t in zip(batch.get("items", ()), batch.get("tokens", ()),
-                           batch.get("seconds", ()), strict=True):  # fmt: skip
-            rows.append((k * n, k * attention_pairs(0, int(n)), k * n, k, t))
-        arr = np.asarray(rows, dtype=float)
-        cols = [np.ones(len(arr)), arr[:, 0], arr[:, 1]]
-        extended = bool(chunk or batch)
-        if extended:  # the KV read and per-item terms are identifiable only with these points
-            cols += [arr[:, 2], arr[:, 3]]
-        A = np.stack(cols, axis=1)
-        y = arr[:, 4]
-        w = 1.0 / y  # relative least squares: short steps matter as much as long ones
-        if extended:
-            from scipy.optimize import nnls
-
-            sol, _ = nnls(A * w[:, None], y * w)
-        else:
-            sol, *_ = np.linalg.lstsq(A * w[:, None], y * w, rcond=None)
-            sol = np.maximum(sol, 0.0)
-        r2 = _r2(y, A @ sol)
-        d, e = (float(sol[3]), float(sol[4])) if extended else (0.0, 0.0)
-        return StepModel(float(sol[0]), float(sol[1]), float(sol[2]), r2, d, e)
+        idle = profile.get("idle") or {}
+        self._idle = (tuple(idle.get("idle_s", ())), tuple(idle.get("seconds", ())))
 
     # --- what the scheduler asks -------------------------------------------------
     def prefill_s(self, n: int) -> float:
@@ -241,28 +183,33 @@ class CostModel:
         return "recompute" if self.prefill_s(n) < self.swap_s(n) else "swap"
 
     # --- what the simulator asks -------------------------------------------------
-    def step_s(self, items: Iterable[tuple[int, int]]) -> float:
-        """One engine step over ``(start, n)`` items (prefill chunks and decode tokens)."""
-        tokens = count = 0
-        pairs = kv = 0.0
-        for start, n in items:
-            tokens += n
-            count += 1
-            pairs += n * start + n * (n + 1) / 2
-            kv += start + n
-        return self.step(tokens, pairs, kv, count) if tokens else 0.0
+    def step_s(self, items: Iterable[tuple[int, int]], samples: int = 0) -> float:
+        """One forward over ``(start, n)`` items (prefill chunks and decode tokens)."""
+        return self.step.of(list(items), samples)
+
+    def sampled_s(self, samples: int) -> float:
+        """The LM head and sampler for ``samples`` rows, unless the step model prices them."""
+        return 0.0 if self.step.prices_sampling else self.fixed.sampled_s(samples)
 
     def decode_step_s(self, batch: int, context: int) -> float:
-        fwd = self.step(batch, batch * context, batch * (context + 1), batch)
-        return fwd + self.fixed.sampled_s(batch)
+        return self.step_s([(context, 1)] * batch, batch) + self.sampled_s(batch)
 
     def engine_step_s(self, items: Iterable[tuple[int, int]], samples: int) -> float:
         """What the server pays for one step: its fixed overhead, the forward pass over
         ``(start, n)`` items and the sampling of ``samples`` rows."""
-        fwd = self.step_s(items)
+        fwd = self.step_s(items, samples)
         if fwd <= 0.0:
             return 0.0
-        return self.fixed.step_s + fwd + self.fixed.sampled_s(samples)
+        return self.fixed.step_s + fwd + self.sampled_s(samples)
+
+    def idle_s(self, gap: float) -> float:
+        """Extra seconds of a step that starts ``gap`` seconds after the engine went
+        idle (caches and clocks went cold): the profile's ``idle`` points,
+        interpolated, 0 back to back, flat past the last point; 0 without them."""
+        xs, ys = self._idle
+        if not xs or gap <= 0.0:
+            return 0.0
+        return float(np.interp(gap, (0.0, *xs), (0.0, *ys)))
 
     def describe(self) -> dict[str, object]:
         return {
@@ -271,6 +218,7 @@ class CostModel:
             "prefill_fit": {"kind": self.prefill.kind, "r2": round(self.prefill.r2, 5)},
             "swap_fit": {"kind": self.swap.kind, "r2": round(self.swap.r2, 5)},
             "step_fit_r2": round(self.step.r2, 5),
+            "step_terms": "smooth + per-call (layout)" if self.step.layout else "smooth",
             "fixed": {k: v for k, v in vars(self.fixed).items() if k != "source"},
         }
 

@@ -26,7 +26,8 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Any, TypedDict
 
-from scheduler.cost_model import PROFILE_DIR, attention_pairs
+from scheduler.cost_model import PROFILE_DIR
+from scheduler.step_model import attention_pairs
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from srt_ext.engines.reference.drive import DrivenStream, greedy_generate, run_s
 from srt_ext.engines.reference.model_store import TINY_MODEL
 from srt_ext.engines.reference.probe import consistent_sizes
 from srt_ext.engines.reference.shapes import SMOLLM2_135M, write_random_llama
-from srt_ext.engines.reference.tiles import split_sizes
+from stream2llm.tiling import split_sizes
 
 pytestmark = pytest.mark.timeout(300)
 

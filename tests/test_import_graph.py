@@ -27,7 +27,7 @@ ROOMS = ("radix_stream", "scheduler", "retrievers", "srt_ext", "eval", "stream2l
 #: Top-level names that are the project (an import of anything else is third-party).
 PROJECT = (*ROOMS, "tests", "scripts", "cpu_site")
 #: Dependency-free modules every room may use.
-NEUTRAL = ("stream2llm.lcp", "stream2llm.trace")
+NEUTRAL = ("stream2llm.lcp", "stream2llm.trace", "stream2llm.tiling")
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,7 @@ class Rule:
 RULES: list[Rule] = [
     Rule("stream2llm.lcp", may_import=(), why="neutral: imports nothing from the project"),
     Rule("stream2llm.trace", may_import=(), why="neutral: imports nothing from the project"),
+    Rule("stream2llm.tiling", may_import=(), why="neutral: imports nothing from the project"),
     Rule("stream2llm.__init__", may_import=(), why="importing the package must stay free"),
     Rule("stream2llm.cli", why="the entry point: may import any room (lazily)"),
     Rule("radix_stream", may_import=("radix_stream", *NEUTRAL),

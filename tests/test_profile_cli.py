@@ -17,7 +17,7 @@ def test_quick_profile_loads(tmp_path):
     out = tmp_path / "quick.json"
     argv = ["profile", "--model-path", "tiny-random", "--max-tokens", "64", "--repeats", "1",
             "--warmup", "0", "--decode-batches", "1,2", "--threads", "1", "--skip-http",
-            "--out", str(out)]  # fmt: skip
+            "--steps", "24", "--out", str(out)]  # fmt: skip
     assert main(argv) == 0
     prof = json.loads(out.read_text())
     assert prof["derived"] is False and prof["name"] == "quick"
@@ -34,6 +34,14 @@ def test_quick_profile_loads(tmp_path):
     assert fx["step_s"] > 0 and fx["tokenize_s_per_1k"] > 0
     assert "chunk_s" not in fx and set(fx["source"]) >= {"sampled_token_s", "step_s", "chunk_s"}
     assert cm.fixed.sampled_token_s == fx["sampled_token_s"] and cm.fixed.chunk_s == 0.0
+    # the served-step design: each step timed, the engine's call layout, the idle penalty
+    steps = prof["steps"]
+    assert len(steps["items"]) == len(steps["seconds"]) == 24 and min(steps["seconds"]) > 0
+    assert any(len(its) > 1 for its in steps["items"]) and any(s for its in steps["items"]
+                                                               for *_, s in its)  # fmt: skip
+    assert prof["layout"]["attn_block"] == 64 and cm.step.prices_sampling
+    assert prof["idle"]["idle_s"] == sorted(prof["idle"]["idle_s"])
+    assert cm.idle_s(0.0) == 0.0 and cm.idle_s(10.0) == prof["idle"]["seconds"][-1]
 
 
 @pytest.mark.slow

@@ -6,7 +6,8 @@ import pytest
 
 from eval.sim import SimConfig, simulate, stretch_delays
 from eval.workloads import generate
-from scheduler.cost_model import CostModel, FixedCosts, attention_pairs
+from scheduler.cost_model import CostModel, FixedCosts
+from scheduler.step_model import attention_pairs
 from stream2llm.trace import Chunk, Query
 
 NS = [16 << i for i in range(8)]

@@ -43,6 +43,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--decode-batches", default="1,4,16", help="decode batch sizes to time")
+    p.add_argument("--steps", type=int, default=192,
+                   help="mixed steps of a seeded random design to time (srt_ext/cli/profile_steps.py)")
     p.add_argument(
         "--kv-capacity-tokens",
         type=int,
@@ -187,11 +189,11 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     batches = [int(b) for b in args.decode_batches.split(",") if b.strip()]
     contexts = sorted({min(ns[-1], 256), ns[-1] // 4 or 16, ns[-1]})
     batch_ns = sorted({min(32, ns[-1]), min(128, ns[-1])})
-    cap = max(ns[-1], max(b * (c + 1) for b in batches for c in contexts), 8 * batch_ns[-1])
+    cap = max(5 * ns[-1], max(b * (c + 1) for b in batches for c in contexts), 8 * batch_ns[-1])
     from srt_ext.engines.reference.engine import parse_dtype
 
     engine = ReferenceEngine(args.model_path, device=args.device, kv_capacity_tokens=cap,
-                             dtype=parse_dtype(args.dtype))  # fmt: skip
+                             dtype=parse_dtype(args.dtype), warm=True)  # fmt: skip
     if ns[-1] > engine.max_context_len:
         raise SystemExit(f"--max-tokens {ns[-1]} > the model's context {engine.max_context_len}")
     rep, warm = args.repeats, args.warmup
@@ -226,6 +228,13 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             batch["tokens"].append(n)
             batch["seconds"].append(round(timed(partial(items_step_s, engine, [(0, n)] * k),
                                                 rep, warm), 7))  # fmt: skip
+    from srt_ext.cli.profile_steps import engine_layout, measure_idle, measure_steps
+
+    layout = engine_layout(engine)
+    steps = measure_steps(engine, ns[-1], getattr(args, "steps", 192))
+    idle = measure_idle(engine, {"prefill": {"tokens": ns, "seconds": prefill}, "steps": steps,
+                                 "layout": layout}, ns[-1])  # fmt: skip
+    print(f"  {len(steps['seconds'])} mixed steps timed; after idle {idle}", file=sys.stderr)
     fixed = measure_fixed(engine, args)
     print(f"  fixed: { {k: v for k, v in fixed.items() if k != 'source'} }", file=sys.stderr)
     pool = engine.pool.k_buffer[0]
@@ -248,6 +257,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "decode": dec,
         "chunk": chunk,
         "batch": batch,
+        "steps": steps,
+        "idle": idle,
+        "layout": layout,
         "fixed": fixed,
     }  # fmt: skip
 

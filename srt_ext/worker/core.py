@@ -10,7 +10,9 @@ out, because one bad request must not take the loop (and every other stream) dow
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import random
 import time
 from dataclasses import dataclass
@@ -80,6 +82,11 @@ class WorkerCore:
         # profile is checked against; eval/validate.py)
         self.forward_s = 0.0
         self.step_wall_s = 0.0
+        # one JSON line per step (what ran, how long the forward and the whole step
+        # took) when STREAM2LLM_STEP_LOG names a file: the step model's residuals
+        # are read from it (eval/step_residuals.py)
+        path = os.environ.get("STREAM2LLM_STEP_LOG")
+        self._step_log = open(path, "a", buffering=1) if path else None  # noqa: SIM115
 
     def now(self) -> float:
         """Wall clock, never going backwards (the scheduler rejects time travel)."""
@@ -177,10 +184,17 @@ class WorkerCore:
     def step(self) -> tuple[int, list[Any]]:
         """One scheduler step: (tokens computed, events)."""
         t0 = time.perf_counter()
+        fwd0 = self.forward_s
+        self._logged: list[list[int]] = []
         try:
             return self._step()
         finally:
-            self.step_wall_s += time.perf_counter() - t0
+            wall = time.perf_counter() - t0
+            self.step_wall_s += wall
+            if self._step_log is not None and self._logged:
+                self._step_log.write(json.dumps({
+                    "t": time.time(), "wall_s": wall, "forward_s": self.forward_s - fwd0,
+                    "items": self._logged}) + "\n")  # fmt: skip
 
     def _step(self) -> tuple[int, list[Any]]:
         try:
@@ -197,6 +211,8 @@ class WorkerCore:
                 it.rid, it.token_ids, it.start, self.kv.slots(it.rid)[: it.start], it.new_slots,
                 it.sample, r.spec.temperature, r.seed, r.spec.top_p, r.spec.top_k,
             ))  # fmt: skip
+        if self._step_log is not None:
+            self._logged = [[it.start, len(it.token_ids), int(it.sample)] for it in plan.items]
         t0 = time.perf_counter()
         try:
             out = self.engine.forward(items)

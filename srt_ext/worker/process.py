@@ -37,7 +37,7 @@ def build_engine(cfg: WorkerConfig) -> Any:
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     return ReferenceEngine(cfg.model_path, device=cfg.device,
-                           kv_capacity_tokens=cfg.max_total_tokens)  # fmt: skip
+                           kv_capacity_tokens=cfg.max_total_tokens, warm=True)  # fmt: skip
 
 
 def build_core(cfg: WorkerConfig) -> Any:
@@ -109,6 +109,9 @@ def worker_main(cfg_bytes: bytes) -> None:
     """Process entry point (multiprocessing target): decode the config and serve."""
     logging.basicConfig(level=os.environ.get("STREAM2LLM_LOG", "WARNING"))
     cfg = msgspec.msgpack.decode(cfg_bytes, type=WorkerConfig)
+    cpus = os.environ.get("STREAM2LLM_WORKER_CPUS")
+    if cpus:  # before torch starts its threads, so they all inherit it
+        os.sched_setaffinity(0, {int(c) for c in cpus.split(",")})
     serve(cfg)
 
 

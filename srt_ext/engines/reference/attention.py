@@ -31,6 +31,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from stream2llm.tiling import block_span
+
 
 def blocked_attention(
     q: torch.Tensor, k_all: torch.Tensor, v_all: torch.Tensor, start: int, scale: float, block: int
@@ -46,7 +48,7 @@ def blocked_attention(
     vf[:, :length] = v_all.transpose(0, 1)
     out = q.new_empty(n, heads, d)
     offsets = torch.arange(block, device=q.device)
-    for b in range(start // block, (start + n - 1) // block + 1):
+    for b in block_span(start, n, block):
         lo, hi = max(start, b * block), min(start + n, (b + 1) * block)
         kv_len = (b + 1) * block
         qt = q.new_zeros(kv_heads, gs, block, d)
@@ -120,7 +122,7 @@ def sized_attention(
     kf[:, :length] = k_all.transpose(0, 1)
     vt[:, :, :length] = v_all.permute(1, 2, 0)
     out = q.new_empty(n, heads, d)
-    for b in range(start // block, (start + n - 1) // block + 1):
+    for b in block_span(start, n, block):
         lo, hi = max(start, b * block), min(start + n, (b + 1) * block)
         rows = (hi - lo) * gs
         m = pad_rows(rows, row_sizes)

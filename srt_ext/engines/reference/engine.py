@@ -97,6 +97,7 @@ class ReferenceEngine:
         tile_rows: int = 16,
         attn_block: int = 16,
         sized: bool | None = None,
+        warm: bool = False,
     ) -> None:
         self.device = torch.device(device)
         on_cpu = self.device.type == "cpu"
@@ -125,6 +126,10 @@ class ReferenceEngine:
         )  # fmt: skip
         self.kv_capacity_tokens = kv_capacity_tokens
         self._tokenizer: Any = None
+        if warm:  # a server or a profile: kernels for every shape now, not mid-request
+            from srt_ext.engines.reference.exact_plan import warm_attention
+
+            warm_attention(self.model, self.max_context_len)
 
     @property
     def tokenizer(self) -> Any:

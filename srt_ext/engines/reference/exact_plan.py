@@ -120,3 +120,34 @@ def check_rows_independent(model: LlamaModel) -> bool:
             seen.append(outs)
         seen.clear()
     return True
+
+
+@torch.no_grad()
+def warm_attention(model: LlamaModel, max_len: int) -> int:
+    """Run the sized attention's kernel once at every shape a step can ask for
+    (each probed row count x each key length, one 64-position block at a time,
+    up to ``max_len``); returns the number of calls.
+
+    Why: oneDNN builds a kernel ("primitive") the first time it sees a shape, and
+    a served step meets new key lengths as contexts grow: the first steps of a
+    server ran ~15% slower than the same steps repeated (measured, tiny model,
+    docs/performance.md). Paying that at start-up, as GPU engines capture their
+    CUDA graphs, makes a step's cost a function of its shape alone, which is what
+    the cost model's profile measures.
+    """
+    plan = model.plan
+    if plan.attn is None:
+        return 0
+    a, block = model.arch, SIZED_ATTN_BLOCK
+    calls = 0
+    for b in range(-(-max_len // block)):
+        length = (b + 1) * block
+        keys = torch.zeros(a.num_kv_heads, length, a.head_dim, dtype=model.dtype, device=model.device)
+        values_t = torch.zeros(a.num_kv_heads, a.head_dim, length, dtype=model.dtype,
+                               device=model.device)  # fmt: skip
+        for m in plan.attn:
+            qt = torch.zeros(a.num_kv_heads, m, a.head_dim, dtype=model.dtype, device=model.device)
+            pos = torch.full((m,), length - 1, dtype=torch.int64, device=model.device)
+            attend(qt, pos, keys, values_t, model.scale, block, model.mm)
+            calls += 1
+    return calls

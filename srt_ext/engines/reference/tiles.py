@@ -35,6 +35,8 @@ from dataclasses import dataclass
 
 import torch
 
+from stream2llm.tiling import split_sizes
+
 
 @dataclass
 class RowLayout:
@@ -53,21 +55,6 @@ class RowLayout:
             out.append(slice(at, at + n))
             at += n
         return out
-
-
-def split_sizes(n: int, sizes: tuple[int, ...]) -> list[int]:
-    """Cover ``n`` rows with tiles from ``sizes``: largest first, then the largest
-    that fits, the tail padded up to the smallest size. Any row may land in any
-    tile: the sized layout is only used where the probe showed that is harmless."""
-    if n <= 0:
-        return []
-    order = sorted(sizes, reverse=True)
-    out: list[int] = []
-    while n > 0:
-        fit = next((s for s in order if s <= n), order[-1])
-        out.append(fit)
-        n -= fit
-    return out
 
 
 def pack_sized(n_tokens: int, sizes: tuple[int, ...], device: torch.device) -> RowLayout:

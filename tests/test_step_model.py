@@ -1,0 +1,115 @@
+"""The step model counts the calls the engine makes and recovers per-call costs."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from scheduler.cost_model import CostModel
+from scheduler.step_model import Layout, features, fit_step
+from srt_ext.engines.reference import attention
+from stream2llm.tiling import block_span, split_sizes
+
+LAYOUT = Layout(dense_tiles=(1, 2, 4, 8, 16, 32, 64, 128), lm_tiles=(1, 2, 4, 8, 16, 32, 64),
+                attn_block=64)  # fmt: skip
+TRUE = {"one": 4e-4, "tokens": 6e-6, "pairs": 1.5e-8, "kv": 3e-7, "items": 1e-4,
+        "dense": 5e-4, "blocks": 3e-4, "lm": 6e-4}  # fmt: skip
+
+
+def _seconds(items: list[tuple[int, int]], samples: int) -> float:
+    x = features(items, samples, LAYOUT)
+    return sum(TRUE[k] * x[k] for k in TRUE)
+
+
+def _design(rng: random.Random, count: int) -> list[tuple[list[tuple[int, int]], int]]:
+    out = []
+    for _ in range(count):
+        k = rng.randint(1, 5)
+        items = [(rng.randint(0, 1500), rng.randint(1, 300)) for _ in range(k)]
+        out.append((items, rng.randint(0, k)))
+    return out
+
+
+def test_block_span_is_the_loop_the_sized_attention_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the engine's attention calls one kernel per block_span element: count them
+    calls: list[int] = []
+    real = attention.attend
+
+    def counting(*args: object, **kw: object) -> torch.Tensor:
+        calls.append(1)
+        return real(*args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(attention, "attend", counting)
+    q, kv = torch.randn(70, 3, 8), torch.randn(170, 1, 8)
+    attention.sized_attention(q, kv, kv, 100, 0.3, 64, (4, 8, 16, 32, 64, 128, 256), F.linear)
+    assert len(calls) == len(block_span(100, 70, 64)) == 2  # positions 100..169: blocks 1, 2
+
+
+def test_features_count_tiles_blocks_and_lm_calls() -> None:
+    x = features([(0, 116), (100, 12)], samples=3, layout=LAYOUT)
+    assert x["tokens"] == 128 and x["items"] == 2 and x["kv"] == 116 + 112
+    assert x["dense"] == len(split_sizes(128, LAYOUT.dense_tiles)) == 1  # one 128-row tile
+    assert x["blocks"] == 2 + 1  # 0..115 spans blocks 0-1; 100..111 block 1
+    assert x["lm"] == len(split_sizes(3, LAYOUT.lm_tiles)) == 2  # 2 + 1 rows
+    smooth = features([(0, 116)], samples=1, layout=None)
+    assert smooth["dense"] == smooth["blocks"] == smooth["lm"] == 0
+
+
+def test_fit_recovers_per_call_costs_from_a_mixed_design() -> None:
+    rng = random.Random(7)
+    design = _design(rng, 150)
+    steps = {"items": [[[s, n, int(j < k)] for j, (s, n) in enumerate(its)] for its, k in design],
+             "seconds": [_seconds(its, k) for its, k in design]}  # fmt: skip
+    ns = [16 << i for i in range(7)]
+    prof = {"name": "synthetic", "layout": {"dense_tiles": list(LAYOUT.dense_tiles),
+                                            "lm_tiles": list(LAYOUT.lm_tiles), "attn_block": 64},
+            "prefill": {"tokens": ns, "seconds": [_seconds([(0, n)], 0) for n in ns]},
+            "swap": {"tokens": ns, "seconds": [1e-4 * n for n in ns]}, "steps": steps}  # fmt: skip
+    m = fit_step(prof)
+    assert m.prices_sampling and m.r2 > 0.999
+    for got, want in ((m.f, TRUE["dense"]), (m.g, TRUE["blocks"]), (m.h, TRUE["lm"])):
+        assert got == pytest.approx(want, rel=0.05)
+    # held-out steps (another seed) are priced within 1%
+    cm = CostModel(prof)
+    for its, k in _design(random.Random(8), 40):
+        assert cm.step_s(its, k) == pytest.approx(_seconds(its, k), rel=0.01)
+    # sampling is in the step model, so the fixed per-tile term is not added again
+    assert cm.sampled_s(5) == 0.0
+
+
+def test_profiles_without_a_layout_keep_the_smooth_model() -> None:
+    cm = CostModel.load("h200-tp2-llama3-8b")
+    assert cm.step.layout is None and not cm.step.prices_sampling
+    assert cm.step.f == cm.step.g == cm.step.h == 0.0
+    st = cm.step
+    want = st.a + st.b * 40 + st.c * (40 * 300 + 40 * 41 / 2) + st.d * 340 + st.e
+    assert cm.step_s([(300, 40)], 1) == pytest.approx(want)
+    assert cm.sampled_s(3) == cm.fixed.sampled_s(3)
+
+
+def test_idle_penalty_interpolates_and_the_simulator_charges_it() -> None:
+    from eval.sim import SimConfig, simulate
+    from scheduler.trace import Chunk, Query
+
+    ns = [16 << i for i in range(6)]
+    prof = {"name": "idle", "kv_capacity_tokens": 10_000,
+            "prefill": {"tokens": ns, "seconds": [1e-3 + 1e-5 * n for n in ns]},
+            "swap": {"tokens": ns, "seconds": [1e-4 * n for n in ns]},
+            "idle": {"idle_s": [0.01, 0.1], "seconds": [0.001, 0.003]}}  # fmt: skip
+    cm = CostModel(prof)
+    assert cm.idle_s(0.0) == 0.0 and cm.idle_s(0.005) == pytest.approx(0.0005)
+    assert cm.idle_s(0.055) == pytest.approx(0.002) and cm.idle_s(5.0) == 0.003
+
+    def q(qid: str, t: float) -> Query:
+        return Query(qid, t, "append", (Chunk(0.0, token_ids=tuple(range(1, 33)), final=True),), 1)
+
+    cfg = SimConfig(token_budget=512, kv_capacity_tokens=10_000, page_size=1)
+    no_idle = CostModel({k: v for k, v in prof.items() if k != "idle"})
+    # two requests 1 s apart: each step starts cold (the flat end of the curve)
+    apart = simulate([q("a", 0.0), q("b", 1.0)], cfg, cm)
+    base = simulate([q("a", 0.0), q("b", 1.0)], cfg, no_idle)
+    assert [x - y for x, y in zip(apart.ttft_s, base.ttft_s, strict=True)] == [
+        pytest.approx(0.003), pytest.approx(0.003)]
