@@ -16,7 +16,7 @@ import statistics
 import time
 from typing import Any
 
-from srt_ext.cli.profile import forward_s, timed
+from srt_ext.cli.profile import forward_s
 
 Item = tuple[int, int, int]  # start, new tokens, samples (0/1)
 
