@@ -30,16 +30,33 @@ def shape(items: list[list[int]]) -> str:
     return f"{pre}p+{min(dec, 9)}d tok{size}" if pre <= 3 else f">3p+{min(dec, 9)}d tok{size}"
 
 
-def residuals(rows: list[dict[str, Any]], cm: Any) -> list[dict[str, Any]]:
-    groups: dict[str, list[tuple[float, float, float, float]]] = defaultdict(list)
-    last_end = None
+def load_steps(path: Path) -> list[dict[str, Any]]:
+    """The worker's step log, one dict per step."""
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def predicted(rows: list[dict[str, Any]], cm: Any) -> list[float]:
+    """Each logged step's forward as the cost model prices it, with the idle penalty
+    for the gap since the previous logged step."""
+    out, last_end = [], None
     for r in rows:
         items = [(int(st), int(n)) for st, n, _ in r["items"]]
         samples = sum(int(s) for *_, s in r["items"])
         start = r["t"] - r["wall_s"]
         gap = start - last_end if last_end is not None else float("inf")
         last_end = r["t"]
-        fwd_pred = cm.step_s(items, samples) + cm.sampled_s(samples) + cm.idle_s(gap)
+        out.append(cm.step_s(items, samples) + cm.sampled_s(samples) + cm.idle_s(gap))
+    return out
+
+
+def totals(rows: list[dict[str, Any]], cm: Any) -> tuple[float, float, int]:
+    """(measured forward seconds, predicted, steps)."""
+    return sum(r["forward_s"] for r in rows), sum(predicted(rows, cm)), len(rows)
+
+
+def residuals(rows: list[dict[str, Any]], cm: Any) -> list[dict[str, Any]]:
+    groups: dict[str, list[tuple[float, float, float, float]]] = defaultdict(list)
+    for r, fwd_pred in zip(rows, predicted(rows, cm), strict=True):
         groups[shape(r["items"])].append((r["forward_s"], fwd_pred, r["wall_s"] - r["forward_s"],
                                           cm.fixed.step_s))  # fmt: skip
     out = []
@@ -61,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("log", help="the worker's step log (JSON lines)")
     ap.add_argument("--profile", required=True, help="profile JSON (or name) to predict with")
     a = ap.parse_args(argv)
-    rows = [json.loads(line) for line in Path(a.log).read_text().splitlines() if line.strip()]
+    rows = load_steps(Path(a.log))
     cm = CostModel.load(a.profile)
     table = residuals(rows, cm)
     cols = list(table[0]) if table else []

@@ -22,8 +22,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -53,6 +56,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                    "HTTP terms are measured on the validation's server unless it has them")
     p.add_argument("--threads", type=int, default=1, help="torch threads (profile and server)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--worker-cpu", type=int, default=None,
+                   help="CPU for the engine (profile and server worker); the API room and the "
+                   "client get the others (default: the last CPU when there are two or more; "
+                   "-1: no pinning)")
     p.add_argument("--calibrate", choices=["none", "cross-pass"], default="none",
                    help="cross-pass: also simulate each mode with the engine slowed by what "
                    "the other mode's pass measured (load drift on a shared machine)")
@@ -74,13 +81,51 @@ class Side:
     factor: float = 1.0  # engine slow-down applied (cross-pass calibration)
 
 
+def placement(worker_cpu: int | None) -> tuple[int | None, set[int]]:
+    """(the engine's CPU, the CPUs for everything else). Why: on a CPU-only box the
+    HTTP path and the client otherwise share the engine's core and slow its steps,
+    which a GPU server does not see; with a core of its own the engine runs the
+    steps the profile timed (docs/performance.md, "Simulator vs the real engine")."""
+    mine = os.sched_getaffinity(0)
+    if worker_cpu == -1 or (worker_cpu is None and len(mine) < 2):
+        return None, set()
+    cpu = max(mine) if worker_cpu is None else worker_cpu
+    if cpu not in mine:
+        raise SystemExit(f"stream2llm validate: --worker-cpu {cpu} is not one of {sorted(mine)}")
+    return cpu, (mine - {cpu}) or mine
+
+
+@contextmanager
+def pinned(cpu: int | None) -> Iterator[None]:
+    """Run this process on ``cpu`` for the block (no-op for None)."""
+    before = os.sched_getaffinity(0)
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+def step_summary(log: Path, prof: Path) -> str:
+    """The served steps against the step model (eval/step_residuals.py), one line."""
+    from eval.step_residuals import load_steps, totals
+    from scheduler.cost_model import CostModel
+
+    if not log.exists():
+        return "no step log (the worker wrote none)"
+    meas, pred, n = totals(load_steps(log), CostModel.load(prof))
+    return (f"served steps: {n}, forward {meas:.3f} s measured vs {pred:.3f} s predicted by the "
+            f"profile's step model ({100 * (pred - meas) / meas:+.1f}%)") if meas else "no steps"
+
+
 def profile_engine(out: Path, threads: int) -> Path:
     """The engine part of `stream2llm profile` for the tiny model, here and now; the
     HTTP terms come from the validation's own server (``add_http_terms``)."""
     from srt_ext.cli.profile import measure, write_profile
 
     ns = argparse.Namespace(model_path=TINY_MODEL, dtype="auto", device="cpu", max_tokens=2048,
-                            repeats=5, warmup=1,
+                            repeats=5, warmup=1, steps=192,
                             decode_batches="1,4", kv_capacity_tokens=16384,
                             name="validate-cpu", out=str(out), threads=threads, skip_http=True)  # fmt: skip
     write_profile(measure(ns), out)
@@ -237,17 +282,25 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
+    engine_cpu, rest = placement(args.worker_cpu)
     prof = out / "profile.json"
     if args.profile:  # a copy: the HTTP terms measured below are added to it, not to the source
         prof.write_text(Path(args.profile).read_text())
     else:
-        profile_engine(prof, args.threads)
+        with pinned(engine_cpu):  # the profile is taken where the worker will run
+            profile_engine(prof, args.threads)
+    if rest:
+        os.sched_setaffinity(0, rest)  # this client and the server's API room (inherited)
+    steps_log = out / "steps.jsonl"
+    steps_log.unlink(missing_ok=True)
+    os.environ["STREAM2LLM_STEP_LOG"] = str(steps_log)  # read by the server's worker
     tok = TokenizerRoom(ensure_tiny_model())
     cases = [replace(known[n], num_queries=args.num_queries, seed=args.seed) for n in names]
     results: dict[str, dict[str, dict[str, Side]]] = {}
     rows: list[dict[str, Any]] = []
     for pool in sorted({c.kv_capacity_tokens for c in cases}, reverse=True):
         with launch_server(subprocess=True, model_path=TINY_MODEL, max_total_tokens=pool, threads=args.threads,
+                           cpus=(engine_cpu,) if engine_cpu is not None else (),
                            cost_model=str(prof.resolve()), token_budget=TOKEN_BUDGET,
                            scheduler="fcfs", preemption="cost") as h:  # fmt: skip
             if "chunk_s" not in json.loads(prof.read_text()).get("fixed", {}):
@@ -277,6 +330,7 @@ def run(args: argparse.Namespace) -> int:
                 if not args.quiet:  # each case as it ends: a long run shows its progress
                     print(format_table(case_rows, COLS), file=sys.stderr)
     print(format_table(rows, COLS))
+    print(step_summary(steps_log, prof))
     fails = sum(r["verdict"] == "FAIL" for r in rows)
     print(f"{fails} of {sum(r['verdict'] != '-' for r in rows)} cells fail; "
           f"{time.time() - t_start:.0f} s")

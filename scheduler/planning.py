@@ -32,13 +32,14 @@ class Planner:
         self.holds = pol.hold_until is not Policy.hold_until
         self.limited = self.holds or pol.partial_step_tokens is not None
         self.wake = float("inf")
+        self.ignore_holds = False  # set while the engine would otherwise idle
 
     def cap(self, s: Stream, n: int, now: float, partial: int) -> int:
         """The policy's limits on a partial stream: held back (0) or the per-step cap
         on partial prefill (``partial`` tokens of it already planned)."""
         if s.final:
             return n
-        if self.holds:
+        if self.holds and not self.ignore_holds:
             t = self.policy.hold_until(s, now)
             if t is not None and t > now:
                 self.wake = min(self.wake, t)

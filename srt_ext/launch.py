@@ -104,7 +104,8 @@ def launch_server(host: str = "127.0.0.1", port: int = 0, subprocess: bool = Fal
                 "--preemption", w.preemption, "--token-budget", str(w.token_budget),
                 "--device", w.device, "--threads", str(w.threads)]  # fmt: skip
         for flag, val in (("--model-path", w.model_path), ("--cost-model", w.cost_model),
-                          ("--api-key", o.api_key), ("--api-key-file", o.api_key_file)):  # fmt: skip
+                          ("--api-key", o.api_key), ("--api-key-file", o.api_key_file),
+                          ("--worker-cpus", ",".join(map(str, w.cpus)))):  # fmt: skip
             if val:
                 argv += [flag, val]
         for name in RELIABILITY_FLAGS:

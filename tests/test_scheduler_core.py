@@ -268,23 +268,40 @@ def test_random_traffic_invariants(ops, policy, preemption, mode, page) -> None:
         s.kv.check()
 
 
-def test_held_update_version_waits_and_retry_at_says_until_when() -> None:
+def test_held_update_version_waits_behind_other_work_and_retry_at_says_until_when() -> None:
     from scheduler.ours import OursPolicy
+    from scheduler.stream import SamplingParams
 
     hold = OursPolicy.HOLD_S
+    s = new(cap=2048, policy="ours", budget=1024)
+    s.open("f", "append", 0.0, SamplingParams(max_new_tokens=20))  # other work: decode goes on
+    s.add_chunk("f", list(range(100, 700)), True, 0.0)
+    s.open("u", "update", 0.0)
+    s.add_chunk("u", list(range(40)), False, 0.0)
+    plan, _ = step(s, 0.0)
+    assert plan.num_tokens == {"f": 600} and plan.retry_at == pytest.approx(hold)  # young: held
+    s.add_chunk("u", list(range(20)) + [99] * 20, False, 0.5 * hold)  # replaced: hold restarts
+    plan, _ = step(s, hold)
+    assert plan.num_tokens == {"f": 1} and plan.retry_at == pytest.approx(1.5 * hold)
+    plan, _ = step(s, 1.5 * hold)  # stable long enough: prefilled
+    assert plan.num_tokens == {"f": 1, "u": min(40, OursPolicy.partial_step_tokens or 40)}
+    s.add_chunk("u", list(range(20)) + [98] * 10, True, 2 * hold)  # a final input: never held
+    plan, _ = step(s, 2 * hold)
+    assert plan.num_tokens == {"f": 1, "u": 10}  # kept the 20-token LCP, sampled at once
+    assert all(it.sample for it in plan.items)
+
+
+def test_a_hold_never_idles_the_engine() -> None:
+    """Work-conserving: a young version alone runs now (in the capped slice), since
+    holding it would only leave the engine idle; retry_at still says when it matures."""
+    from scheduler.ours import OursPolicy
+
     s = new(cap=1024, policy="ours", budget=512)
     s.open("u", "update", 0.0)
     s.add_chunk("u", list(range(40)), False, 0.0)
     plan, _ = step(s, 0.0)
-    assert plan.empty and plan.retry_at == pytest.approx(hold)  # young version: held
-    s.add_chunk("u", list(range(20)) + [99] * 20, False, 0.5 * hold)  # replaced: hold restarts
-    plan, _ = step(s, hold)
-    assert plan.empty and plan.retry_at == pytest.approx(1.5 * hold)
-    plan, _ = step(s, 1.5 * hold)  # stable long enough: prefilled
     assert plan.num_tokens == {"u": min(40, OursPolicy.partial_step_tokens or 40)}
-    s.add_chunk("u", list(range(20)) + [98] * 10, True, 2 * hold)  # a final input: never held
-    plan, ev = step(s, 2 * hold)
-    assert plan.items and plan.items[0].sample and [e.kind for e in ev][0] == "first_token"
+    assert not any(it.sample for it in plan.items)  # still partial: nothing is sampled
 
 
 def test_partial_prefill_per_step_is_capped_but_final_work_is_not(monkeypatch) -> None:

@@ -28,3 +28,53 @@ def test_from_flags_routes_worker_fields_and_refuses_unknown_names():
     assert (cfg.in_addr, cfg.out_addr, cfg.model_path, cfg.policy) == ("ipc://in", "ipc://out", "/m", "lcas")
     with pytest.raises(TypeError, match="unknown server options"):
         ServerOptions.from_flags(tokens_budget=1)
+
+
+def test_worker_cpus_flag_parses_and_refuses_bad_ids():
+    import argparse
+    import os
+
+    from srt_ext.cli.serve import cpu_list
+
+    assert cpu_list("1,0,1") == (0, 1)
+    last = (os.cpu_count() or 1) - 1
+    assert server_options(build_parser("serve").parse_args(
+        ["serve", "--worker-cpus", str(last)])).worker.cpus == (last,)  # fmt: skip
+    for bad in ("x", "", str(last + 1), "-1"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            cpu_list(bad)
+
+
+@pytest.mark.timeout(120)
+def test_worker_runs_on_the_cpus_it_is_given():
+    import os
+
+    import zmq
+
+    from srt_ext import messages as m
+    from srt_ext.engines.reference.model_store import TINY_MODEL
+    from srt_ext.worker.process import start_worker
+
+    mine = os.sched_getaffinity(0)
+    if len(mine) < 2:
+        pytest.skip("needs two CPUs to tell a pinned worker from an inherited affinity")
+    cpu = max(mine)
+    ctx = zmq.Context()
+    push, pull = ctx.socket(zmq.PUSH), ctx.socket(zmq.PULL)
+    in_port = push.bind_to_random_port("tcp://127.0.0.1")
+    out_port = pull.bind_to_random_port("tcp://127.0.0.1")
+    cfg = WorkerConfig(model_path=TINY_MODEL, max_total_tokens=1024, threads=1, cpus=(cpu,),
+                       in_addr=f"tcp://127.0.0.1:{in_port}", out_addr=f"tcp://127.0.0.1:{out_port}")  # fmt: skip
+    proc = start_worker(cfg)
+    try:
+        assert pull.poll(100_000), "the worker never said it was ready"
+        assert isinstance(m.decode_from_worker(pull.recv()), m.Pong)
+        assert os.sched_getaffinity(proc.pid) == {cpu} != mine  # type: ignore[arg-type]
+    finally:
+        push.send(m.encode(m.Shutdown()))
+        proc.join(10)
+        if proc.is_alive():
+            proc.kill()
+        push.close(0)
+        pull.close(0)
+        ctx.term()

@@ -114,3 +114,24 @@ def test_idle_penalty_interpolates_and_the_simulator_charges_it() -> None:
     base = simulate([q("a", 0.0), q("b", 1.0)], cfg, no_idle)
     assert [x - y for x, y in zip(apart.ttft_s, base.ttft_s, strict=True)] == [
         pytest.approx(0.003), pytest.approx(0.003)]
+
+
+def test_step_residuals_price_each_logged_step_with_its_idle_gap(tmp_path) -> None:
+    import json
+
+    from eval.step_residuals import load_steps, predicted, totals
+
+    ns = [16 << i for i in range(6)]
+    cm = CostModel({"name": "r", "prefill": {"tokens": ns, "seconds": [1e-3 + 1e-5 * n for n in ns]},
+                    "swap": {"tokens": ns, "seconds": [1e-4 * n for n in ns]},
+                    "idle": {"idle_s": [0.1], "seconds": [0.002]}})  # fmt: skip
+    rows = [{"t": 10.0, "wall_s": 0.01, "forward_s": 0.009, "items": [[0, 32, 1]]},
+            {"t": 10.06, "wall_s": 0.01, "forward_s": 0.008, "items": [[32, 8, 0], [5, 1, 1]]}]  # fmt: skip
+    log = tmp_path / "steps.jsonl"
+    log.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    got = predicted(load_steps(log), cm)
+    assert got[0] == pytest.approx(cm.step_s([(0, 32)], 1) + cm.sampled_s(1) + 0.002)  # cold start
+    gap = 10.06 - 0.01 - 10.0  # 50 ms idle: half the penalty
+    assert got[1] == pytest.approx(cm.step_s([(32, 8), (5, 1)], 1) + cm.sampled_s(1) + 0.001)
+    assert gap == pytest.approx(0.05)
+    assert totals(load_steps(log), cm) == (pytest.approx(0.017), pytest.approx(sum(got)), 2)

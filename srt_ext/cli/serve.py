@@ -35,6 +35,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                         "count per key name instead of per IP")
     p.add_argument("--device", choices=("cpu", "cuda"), default=w.device)
     p.add_argument("--threads", type=int, default=w.threads, help="torch threads in the worker (0: default)")
+    p.add_argument("--worker-cpus", type=cpu_list, default=w.cpus, metavar="0,1",
+                   help="CPU ids the worker (engine) process runs on (default: any); the "
+                   "API room keeps the others")  # fmt: skip
     p.add_argument("--dtype", choices=("auto", "float32", "float64", "bfloat16"), default="auto",
                    help="engine dtype (auto: CPU float32 exact, GPU bf16; float64: the slower "
                    "fixed-tile exact path)")  # fmt: skip
@@ -60,6 +63,18 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     add_disagg_args(p)
     p.set_defaults(func=run)
     return p
+
+
+def cpu_list(text: str) -> tuple[int, ...]:
+    """``"0,2"`` -> ``(0, 2)``; every id must name a CPU of this machine."""
+    try:
+        cpus = tuple(sorted({int(c) for c in text.split(",") if c.strip()}))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of CPU ids: {text!r}") from None
+    n = os.cpu_count() or 1
+    if not cpus or any(not 0 <= c < n for c in cpus):
+        raise argparse.ArgumentTypeError(f"CPU ids must be in 0..{n - 1}, got {text!r}")
+    return cpus
 
 
 def check_args(args: argparse.Namespace) -> str | None:
@@ -108,7 +123,7 @@ def server_options(args: argparse.Namespace) -> Any:
     worker = WorkerConfig(
         model_path=args.model_path, device=args.device, max_total_tokens=args.max_total_tokens,
         policy=args.scheduler, preemption=args.preemption, cost_model=args.cost_model,
-        token_budget=args.token_budget, threads=args.threads,
+        token_budget=args.token_budget, threads=args.threads, cpus=args.worker_cpus,
     )  # fmt: skip
     return ServerOptions(
         worker=worker, api_key=args.api_key, api_key_file=args.api_key_file,

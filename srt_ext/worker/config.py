@@ -36,6 +36,10 @@ class WorkerConfig(CoreConfig, frozen=True, kw_only=True):
     device: str = "cpu"
     max_total_tokens: int = 16384  # KV pool size in tokens
     threads: int = 0  # torch intra-op threads; 0 = leave torch's default
+    # CPUs the worker process (the engine and torch's threads) may run on; () = any.
+    # On a CPU-only box this gives the engine cores of its own, as a GPU would be,
+    # so HTTP and tokenization do not slow its steps (docs/performance.md).
+    cpus: tuple[int, ...] = ()
     poll_ms: int = 50
     stuck_wait_ms: int = 5
     in_addr: str = ""  # the worker PULLs requests from here (the server binds it)

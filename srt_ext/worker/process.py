@@ -109,9 +109,8 @@ def worker_main(cfg_bytes: bytes) -> None:
     """Process entry point (multiprocessing target): decode the config and serve."""
     logging.basicConfig(level=os.environ.get("STREAM2LLM_LOG", "WARNING"))
     cfg = msgspec.msgpack.decode(cfg_bytes, type=WorkerConfig)
-    cpus = os.environ.get("STREAM2LLM_WORKER_CPUS")
-    if cpus:  # before torch starts its threads, so they all inherit it
-        os.sched_setaffinity(0, {int(c) for c in cpus.split(",")})
+    if cfg.cpus:  # before torch starts its threads, so they all inherit it
+        os.sched_setaffinity(0, set(cfg.cpus))
     serve(cfg)
 
 
