@@ -117,7 +117,8 @@ class FixedCosts:
     * ``sampled_token_s``: the LM head and sampler, per tile of ``sample_tile``
       sampling rows (1 on GPUs: per token; the CPU reference engine runs its LM head
       on fixed 8-row tiles, so 1..8 samples cost the same);
-    * ``tokenize_s_per_1k``: tokenizing text inputs in the API room, per 1K tokens.
+    * ``tokenize_s_per_1k``: a text input's way in per 1K tokens (tokenizing it in the
+      API room; measured through a real server it also holds the body and JSON).
 
     ``source`` says, per term, where the number comes from (a measurement or a
     published figure with its reference, or that it is an estimate).

@@ -143,13 +143,17 @@ def http_terms(model_path: str | None, threads: int, repeats: int) -> dict[str, 
 
 def http_terms_at(url: str, repeats: int) -> dict[str, float]:
     """chunk_s, ack_s and request_s against a running, idle server (tiny inputs; its
-    prefix cache is flushed after each round)."""
+    prefix cache is flushed after each round), and ``tokenize_s_per_1k`` as the slope
+    of the way in between a 12- and an 800-word request: what a long text costs
+    before the worker has it (client JSON, HTTP body, the API room's parse and
+    tokenizer), which the tokenizer alone, timed in process, under-counts."""
     from srt_ext.client.rest import Client
 
     sp = {"max_new_tokens": 1, "temperature": 0.0, "ignore_eos": True}
     ins: list[float] = []
     outs: list[float] = []
     acks: list[float] = []
+    per_1k: list[float] = []
     with Client(url) as c:
         for r in range(max(3, repeats) + 1):
             rid = c.open_stream("append", sp, text=_text(8, r))
@@ -166,15 +170,23 @@ def http_terms_at(url: str, repeats: int) -> dict[str, float]:
             g0 = time.time()
             gen = c.generate(text=_text(12, r + 3), sampling_params=sp)
             g1 = time.time()
+            time.sleep(0.02)
+            b0 = time.time()
+            big = c.generate(text=_text(800, r + 4), sampling_params=sp)["meta_info"]
             c.flush_cache()
             if r == 0:
                 continue  # warm-up
+            small = gen["meta_info"]
+            extra = big["prompt_tokens"] - small["prompt_tokens"]
+            per_1k.append(1000 * ((big["worker_final_at"] - b0) - (small["worker_final_at"] - g0))
+                          / max(extra, 1))  # fmt: skip
             for (s0, s1), meta in (((t0, t1), res["meta_info"]), ((g0, g1), gen["meta_info"])):
                 ins.append(meta["worker_final_at"] - s0)
                 outs.append(s1 - meta["worker_first_token_at"])
             acks.append(max(0.0, rtt - ins[-2]))
     med = statistics.median
-    return {"chunk_s": max(0.0, med(ins)), "ack_s": med(acks), "request_s": max(0.0, med(outs))}
+    return {"chunk_s": max(0.0, med(ins)), "ack_s": med(acks), "request_s": max(0.0, med(outs)),
+            "tokenize_s_per_1k": max(0.0, med(per_1k))}  # fmt: skip
 
 
 def measure_fixed(engine: Any, args: Any) -> dict[str, Any]:
@@ -195,7 +207,9 @@ def measure_fixed(engine: Any, args: Any) -> dict[str, Any]:
         "sampled_token_s": f"{where}: forward with minus without a sampling row (one tile "
         f"of {tile} rows), median of {rep} pairs",
         "step_s": f"{where}: WorkerCore.step() minus engine.forward, median of {rep}",
-        "tokenize_s_per_1k": f"{where}: the API room's tokenizer, 250 vs 4,000 words",
+        "tokenize_s_per_1k": f"{where}: the way in through a real HTTP server, 12 vs 800 "
+        "words (body, JSON, tokenizer)" if not args.skip_http
+        else f"{where}: the API room's tokenizer alone, 250 vs 4,000 words",
         "chunk_s": f"{where}: client send -> worker applied (worker_final_at), real HTTP "
         "server, tiny chunks and /generate" if not args.skip_http else "not measured (0)",
         "ack_s": f"{where}: chunk round trip minus its way in" if not args.skip_http
