@@ -7,6 +7,10 @@ concurrency limit per host, timeouts, bounded redirects, content-type
 filtering, URL and content deduplication, and a relevance threshold. A bad page
 (HTTP error, timeout, undecodable bytes) is counted in :class:`CrawlStats` and
 skipped; it never ends the crawl.
+
+One class over ~300 lines, kept whole: fetching, politeness and scoring share
+the crawl's state (frontier, per-host limits, seen sets), and splitting them
+would only pass that state around.
 """
 
 from __future__ import annotations

@@ -231,9 +231,10 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     from srt_ext.cli.profile_steps import engine_layout, measure_idle, measure_steps
 
     layout = engine_layout(engine)
-    steps = measure_steps(engine, ns[-1], getattr(args, "steps", 192))
+    n_steps = getattr(args, "steps", 192)
+    steps = measure_steps(engine, ns[-1], n_steps)
     idle = measure_idle(engine, {"prefill": {"tokens": ns, "seconds": prefill}, "steps": steps,
-                                 "layout": layout}, ns[-1])  # fmt: skip
+                                 "layout": layout}, ns[-1], max(2, n_steps // 4))  # fmt: skip
     print(f"  {len(steps['seconds'])} mixed steps timed; after idle {idle}", file=sys.stderr)
     fixed = measure_fixed(engine, args)
     print(f"  fixed: { {k: v for k, v in fixed.items() if k != 'source'} }", file=sys.stderr)

@@ -12,7 +12,8 @@ go to the router as they are. What the gateway keeps per stream is what the
 router cannot: the replica that answered the open (its ``origin``, so a replica
 that did not open a stream refuses it with a 410) and the open's lease (the
 response the replica holds open while the stream lives, which is what makes
-``min_load`` count open streams).
+``min_load`` count open streams). The file is ~310 lines because every route of
+our API has its mapping here, one short function each; they share one ``_send``.
 """
 
 from __future__ import annotations

@@ -9,7 +9,8 @@ and its results arrive through SGLang's detokenizer into that ``ReqState``
 the scheduler as a ``StreamOpenReq`` wrapping the tokenized request, later
 chunks as ``StreamChunkReq``, each over the TM's own ZMQ socket to the
 scheduler; the scheduler answers each with a ``StreamChunkOutput`` that the
-TM's result dispatcher hands to ``on_output``.
+TM's result dispatcher hands to ``on_output``. (Over ~300 lines on purpose: every
+function here patches into one SGLang class, and the file is read against it.)
 """
 
 from __future__ import annotations
