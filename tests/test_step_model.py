@@ -91,7 +91,7 @@ def test_profiles_without_a_layout_keep_the_smooth_model() -> None:
 
 
 def test_idle_penalty_interpolates_and_the_simulator_charges_it() -> None:
-    from scheduler.trace import Chunk, Query
+    from stream2llm.trace import Chunk, Query
 
     from eval.sim import SimConfig, simulate
 
