@@ -195,15 +195,6 @@ class Scheduler(Generic[KV]):
         if not fits:  # memory binds: rank everyone (lower-ranked holders are preemptible)
             order = self.full_order(now)
             chosen, _ = self._walk(order, now, bounded=True)
-        if not chosen and self.planner.wake < float("inf"):
-            # a hold defers young versions behind other work; with nothing else to run
-            # the engine would idle, so it runs them (work-conserving; docs/performance.md)
-            wake, self.planner.ignore_holds = self.planner.wake, True
-            try:
-                chosen, _ = self._walk(order or work, now, bounded=order is not None)
-            finally:
-                self.planner.ignore_holds = False
-            self.planner.wake = wake
         self.last_decision_s = perf_counter() - t0  # policy + plan, without KV allocation
         if self.planner.wake < float("inf"):
             plan.retry_at = self.planner.wake

@@ -20,7 +20,7 @@ Three rules, each for a measured reason:
    version that is replaced before it is final is wasted prefill (on ANNS the LCP of
    consecutive versions is ~21% of the input); versions that stay put are prefilled
    once they have been stable for ``HOLD_S``. Append-mode chunks are never wasted,
-   so they are never held. The hold is work-conserving (scheduler/core.py): it defers
+   so they are never held. The hold is work-conserving (scheduler/planning.py): it defers
    a young version only behind other work; with nothing else to run the engine
    prefills it (in the capped slice), because idle engine time costs nothing. Without
    that, ANNS at QPS 0.25 fell to 0.96x of non-streaming at P99 on seed 2 (1.03-1.27x

@@ -32,14 +32,14 @@ class Planner:
         self.holds = pol.hold_until is not Policy.hold_until
         self.limited = self.holds or pol.partial_step_tokens is not None
         self.wake = float("inf")
-        self.ignore_holds = False  # set while the engine would otherwise idle
 
-    def cap(self, s: Stream, n: int, now: float, partial: int) -> int:
-        """The policy's limits on a partial stream: held back (0) or the per-step cap
-        on partial prefill (``partial`` tokens of it already planned)."""
+    def cap(self, s: Stream, n: int, now: float, partial: int, holds: bool = True) -> int:
+        """The policy's limits on a partial stream: held back (0, unless ``holds`` is
+        off) or the per-step cap on partial prefill (``partial`` tokens of it already
+        planned)."""
         if s.final:
             return n
-        if self.holds and not self.ignore_holds:
+        if holds and self.holds:
             t = self.policy.hold_until(s, now)
             if t is not None and t > now:
                 self.wake = min(self.wake, t)
@@ -61,7 +61,22 @@ class Planner:
     ) -> tuple[Chosen, bool]:
         """Choose ``(stream, tokens)`` in ``order``; returns them and whether they fit
         ``memory`` (free + evictable slots; ``held`` adds the preemptible ones and
-        bounds each stream, see the module docstring)."""
+        bounds each stream, see the module docstring).
+
+        Holds are work-conserving: a hold defers a young version behind other work,
+        but when it is all there is to run the walk takes it anyway (an idle engine
+        costs the same; docs/performance.md). ``wake`` still says when it matures."""
+        chosen, fits = self._walk(order, now, budget, max_items, page, memory, held, True)
+        if chosen or self.wake == float("inf"):
+            return chosen, fits
+        wake = self.wake
+        chosen, fits = self._walk(order, now, budget, max_items, page, memory, held, False)
+        self.wake = wake
+        return chosen, fits
+
+    def _walk(self, order: Sequence[Stream], now: float, budget: int, max_items: int,
+              page: int, memory: int, held: Sequence[int] | None,
+              holds: bool) -> tuple[Chosen, bool]:  # fmt: skip
         bounded = held is not None
         if held is not None:
             memory += sum(held)
@@ -80,7 +95,7 @@ class Planner:
             if bounded:
                 n = min(n, memory - s.swapped_tokens - page)
             if limited and not s.final and n > 0:
-                n = self.cap(s, n, now, partial)
+                n = self.cap(s, n, now, partial, holds)
                 partial += max(n, 0)
             if n <= 0:
                 continue
