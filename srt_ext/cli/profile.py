@@ -108,20 +108,20 @@ def prefill_s(engine: Any, n: int) -> float:
         engine.allocator.free(slots)
 
 
-def items_step_s(engine: Any, items: list[tuple[int, int]]) -> float:
-    """One forward over ``(start, n)`` prefill items (the first ``start`` positions'
-    KV is whatever the pool holds: timing does not depend on it), sampling nothing."""
+def items_step_s(engine: Any, items: list[tuple[int, int, int]]) -> float:
+    """One forward over ``(start, n, sample)`` items (the first ``start`` positions'
+    KV is whatever the pool holds: timing does not depend on it)."""
 
     from srt_ext.engines.reference import ForwardItem
 
-    slots = engine.allocator.alloc(sum(st + n for st, n in items))
+    slots = engine.allocator.alloc(sum(st + n for st, n, _ in items))
     if slots is None:
         raise RuntimeError(f"KV pool too small to profile {items}")
     fwd, off = [], 0
-    for k, (st, n) in enumerate(items):
+    for k, (st, n, sample) in enumerate(items):
         row = slots[off : off + st + n]
         ids = [(k * 977 + i * 17) % engine.vocab_size for i in range(n)]
-        fwd.append(ForwardItem(f"c{k}", ids, st, row[:st], row[st:], sample=False))
+        fwd.append(ForwardItem(f"c{k}", ids, st, row[:st], row[st:], sample=bool(sample)))
         off += st + n
     try:
         return forward_s(engine, fwd)
@@ -219,14 +219,14 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         for n in sorted({min(ns[-1] // 4, 512), 64}):
             chunk["start"].append(st)
             chunk["tokens"].append(n)
-            chunk["seconds"].append(round(timed(partial(items_step_s, engine, [(st, n)]),
+            chunk["seconds"].append(round(timed(partial(items_step_s, engine, [(st, n, 0)]),
                                                 rep, warm), 7))  # fmt: skip
     batch: dict[str, list] = {"items": [], "tokens": [], "seconds": []}
     for k in (4, 8):
         for n in batch_ns:
             batch["items"].append(k)
             batch["tokens"].append(n)
-            batch["seconds"].append(round(timed(partial(items_step_s, engine, [(0, n)] * k),
+            batch["seconds"].append(round(timed(partial(items_step_s, engine, [(0, n, 0)] * k),
                                                 rep, warm), 7))  # fmt: skip
     from srt_ext.cli.profile_steps import engine_layout, measure_idle, measure_steps
 

@@ -16,7 +16,7 @@ import statistics
 import time
 from typing import Any
 
-from srt_ext.cli.profile import forward_s
+from srt_ext.cli.profile import items_step_s
 
 Item = tuple[int, int, int]  # start, new tokens, samples (0/1)
 
@@ -48,26 +48,6 @@ def step_design(max_tokens: int, count: int, seed: int = 0, sample: bool = True)
     return out
 
 
-def mixed_step_s(engine: Any, items: list[Item]) -> float:
-    """One forward over ``items`` (the first ``start`` positions' KV is whatever the
-    pool holds: timing does not depend on it)."""
-    from srt_ext.engines.reference import ForwardItem
-
-    slots = engine.allocator.alloc(sum(st + n for st, n, _ in items))
-    if slots is None:
-        raise RuntimeError(f"KV pool too small to profile {items}")
-    fwd, off = [], 0
-    for k, (st, n, s) in enumerate(items):
-        row = slots[off : off + st + n]
-        ids = [(k * 977 + i * 17) % engine.vocab_size for i in range(n)]
-        fwd.append(ForwardItem(f"m{k}", ids, st, row[:st], row[st:], sample=bool(s)))
-        off += st + n
-    try:
-        return forward_s(engine, fwd)
-    finally:
-        engine.allocator.free(slots)
-
-
 def engine_layout(engine: Any) -> dict[str, Any] | None:
     """The fixed-shape calls the engine makes, when it makes them (the CPU exact
     path's sized layout); None for engines whose cost is smooth in the token count."""
@@ -91,8 +71,8 @@ def measure_steps(engine: Any, max_tokens: int, count: int, passes: int = 2) -> 
     """
     design = step_design(max_tokens, count, sample=engine_layout(engine) is not None)
     for d in design[:8]:  # warm-up: the first steps after loading are slower still
-        mixed_step_s(engine, d)
-    runs = [[mixed_step_s(engine, d) for d in design] for _ in range(max(1, passes))]
+        items_step_s(engine, d)
+    runs = [[items_step_s(engine, d) for d in design] for _ in range(max(1, passes))]
     secs = [round(statistics.fmean(r[i] for r in runs), 7) for i in range(len(design))]
     return {"items": [[list(it) for it in d] for d in design], "seconds": secs}
 
@@ -119,7 +99,7 @@ def measure_idle(engine: Any, profile: dict[str, Any], max_tokens: int,
     for k, d in enumerate(design):
         gap = IDLE_GAPS[k % len(IDLE_GAPS)]
         time.sleep(gap)
-        t = mixed_step_s(engine, d)
+        t = items_step_s(engine, d)
         excess[gap].append(t - model.of([(st, n) for st, n, _ in d], sum(s for *_, s in d)))
     return {"idle_s": list(IDLE_GAPS),
             "seconds": [round(max(0.0, statistics.median(excess[g])), 7) for g in IDLE_GAPS]}
