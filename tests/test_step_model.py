@@ -91,9 +91,8 @@ def test_profiles_without_a_layout_keep_the_smooth_model() -> None:
 
 
 def test_idle_penalty_interpolates_and_the_simulator_charges_it() -> None:
-    from stream2llm.trace import Chunk, Query
-
     from eval.sim import SimConfig, simulate
+    from stream2llm.trace import Chunk, Query
 
     ns = [16 << i for i in range(6)]
     prof = {"name": "idle", "kv_capacity_tokens": 10_000,
