@@ -25,6 +25,28 @@ class Outcome:
     cached_tokens: int = 0  # input already computed when it became final (server's count)
     error: str | None = None
     output_ids: list[int] = field(default_factory=list)
+    legs: dict[str, float] = field(default_factory=dict)  # see legs()
+
+
+#: A TTFT's legs, in order, from the client's, API room's and worker's wall clocks
+#: (one machine, one clock): client send -> API handler (HTTP in, body parsed) ->
+#: tokenized and sent to the worker -> applied by the worker (ZMQ, and the wait for
+#: the step in flight) -> first token sampled -> back in the API room -> client has it.
+LEGS = ("http_in", "api", "to_worker", "worker", "from_worker", "out")
+
+
+def legs(sent_wall: float, first_wall: float, meta: dict[str, Any]) -> dict[str, float]:
+    """The measured TTFT split by :data:`LEGS`, plus ``tokens`` (the final request's
+    own input tokens); {} when a stamp is missing (an older server, or the SGLang
+    engine's frontend)."""
+    keys = ("api_final_at", "api_sent_at", "worker_final_at", "worker_first_token_at",
+            "api_first_token_at")
+    if not all(isinstance(meta.get(k), (int, float)) for k in keys):
+        return {}
+    t = [sent_wall, *(float(meta[k]) for k in keys), first_wall]
+    out = {name: b - a for name, a, b in zip(LEGS, t, t[1:], strict=False)}
+    out["tokens"] = float(meta.get("api_final_tokens") or 0)  # the final request's own
+    return out
 
 
 def _cut(text: str, n: int) -> str:
@@ -94,30 +116,33 @@ async def replay_one(client: Any, q: Any, streaming: bool, t0: float, scale: flo
 
     if not streaming:
         await until(q.chunks[-1].t_s)
-        sent = time.perf_counter()
+        sent, sent_w = time.perf_counter(), time.time()
         if sampling["max_new_tokens"] == 1:
             res = await client.generate(sampling_params=sampling, **whole_input(q))
-            first = time.perf_counter()
+            first, first_w = time.perf_counter(), time.time()
         else:
             rid = await client.open_stream("append", sampling, final=True, **whole_input(q))
             first, res = await _first_token(client, rid)
+            first_w = time.time() - (time.perf_counter() - first)
     else:
         c0 = q.chunks[0]
         await until(c0.t_s)
-        sent = time.perf_counter()
+        sent, sent_w = time.perf_counter(), time.time()
         rid = await client.open_stream(q.mode, sampling, final=c0.final, **piece(c0))
         for c in q.chunks[1:]:
             await until(c.t_s)
-            sent = time.perf_counter()
+            sent, sent_w = time.perf_counter(), time.time()
             ack = await client.send_chunk(rid, final=c.final, **piece(c))
             out.invalidated += ack.invalidated_tokens
         if sampling["max_new_tokens"] == 1:
             res = await client.result(rid)
-            first = time.perf_counter()
+            first, first_w = time.perf_counter(), time.time()
         else:
             first, res = await _first_token(client, rid)
+            first_w = time.time() - (time.perf_counter() - first)
     out.ttft_s, out.ttft_from_arrival_s = first - sent, first - arrival
     out.server_ttft_s = (res.get("meta_info") or {}).get("ttft_s")
+    out.legs = legs(sent_w, first_w, res.get("meta_info") or {})
     out.cached_tokens = int((res.get("meta_info") or {}).get("cached_tokens") or 0)
     out.output_ids = list(res.get("output_ids") or [])
     out.done_at = time.perf_counter()

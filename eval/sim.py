@@ -22,7 +22,8 @@ a chunk reaches the scheduler ``chunk_s`` + its tokenization after the client
 sent it; every step costs ``step_s`` more, plus the LM head/sampler for the
 items that sample, plus what the profile's ``idle`` points charge a step that
 starts after the engine sat idle; the client has the first token ``request_s`` after the
-worker sampled it. With ``client_awaits_acks`` a streaming client sends a chunk
+worker sampled it (a streaming client, which asks for it with a request of its own,
+``result_s``). With ``client_awaits_acks`` a streaming client sends a chunk
 only once the previous one was acknowledged, and the worker acknowledges only
 between steps (one loop applies messages and runs steps), as ``stream2llm
 replay`` against ``stream2llm serve`` does; the TTFT clock then starts when the
@@ -90,6 +91,10 @@ class SimResult:
     config: SimConfig
     ttft_s: list[float] = field(default_factory=list)
     ttft_from_arrival_s: list[float] = field(default_factory=list)
+    ttft_by_qid: dict[str, float] = field(default_factory=dict)  # for tail diagnostics
+    #: each TTFT's legs by query: "in" (sent -> the worker applies the final chunk,
+    #: between steps), "worker" (-> first token sampled), "out" (-> the client has it)
+    legs_s: dict[str, dict[str, float]] = field(default_factory=dict)
     completion_time_s: float = 0.0
     preemptions: dict[str, int] = field(default_factory=dict)
     tokens_invalidated: int = 0
@@ -157,6 +162,7 @@ def simulate(
     qs = [q if cfg.streaming else non_streaming(q) for q in queries]
     fx = cm.fixed
     awaits = cfg.client_awaits_acks and cfg.streaming
+    out_s = fx.out_s(cfg.streaming)
 
     def in_path(c: Chunk) -> float:  # client send -> the worker has the chunk
         n = len(c.token_ids or ())
@@ -165,6 +171,7 @@ def simulate(
     # when each query's latest chunk was sent (the final one starts the TTFT clock)
     sent_at = [q.arrival_s + q.chunks[0].t_s for q in qs]
     ack_final = [0.0] * len(qs)  # when the client got the final chunk's reply
+    applied = [0.0] * len(qs)  # when the worker applied the final chunk (between steps)
     index = {q.qid: i for i, q in enumerate(qs)}
     heap: list[tuple[float, int, int, int, int]] = []
     order = 0
@@ -199,7 +206,7 @@ def simulate(
                 continue
             ack = (step_end if plan is not None else now) + fx.ack_s
             if c.final:
-                ack_final[i] = ack
+                ack_final[i], applied[i] = ack, ack - fx.ack_s
             if j + 1 < len(q.chunks):
                 nxt = q.chunks[j + 1]
                 send = q.arrival_s + nxt.t_s
@@ -218,12 +225,15 @@ def simulate(
                 k = index[ev.rid]
                 if ev.kind == "first_token":
                     # a streaming client asks for the result once its final chunk is acked
-                    seen = (max(now, ack_final[k]) if awaits else now) + fx.request_s
+                    seen = (max(now, ack_final[k]) if awaits else now) + out_s
                     res.ttft_s.append(seen - sent_at[k])
+                    res.ttft_by_qid[ev.rid] = seen - sent_at[k]
+                    res.legs_s[ev.rid] = {"in": applied[k] - sent_at[k],
+                                          "worker": now - applied[k], "out": seen - now}
                     res.ttft_from_arrival_s.append(seen - qs[k].arrival_s)
                 elif ev.kind == "finished":
                     done += 1
-                    last_finish = max(last_finish, now + fx.request_s)
+                    last_finish = max(last_finish, now + out_s)
                     if bar is not None:
                         bar.update(1)
             plan = None

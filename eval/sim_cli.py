@@ -27,6 +27,11 @@ import math
 import time
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from scheduler.cost_model import CostModel
+    from stream2llm.trace import Query
 
 DEFAULT_SCHEDULERS = "fcfs,lcas,mcps,default,ours"
 #: Seeds that played no part in tuning ``ours`` (seed 0 did): the documented tables use them.
@@ -62,6 +67,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                    help="which delays --delay-multiplier stretches: 'all' (default) every "
                    "delay of a trace, the search latency before the first chunk included, "
                    "as the paper's ANNS driver does; 'gaps' only the gaps between chunks")
+    p.add_argument("--bound", action="store_true",
+                   help="add a 'bound' row: every query's TTFT on an engine dedicated to it "
+                   "(eval/bound.py); no scheduler's percentiles can beat it")
     p.add_argument("--no-baseline", action="store_true", help="skip the non-streaming run")
     p.add_argument("--json", dest="json_out", default=None, help="write results here")
     p.add_argument("--plot", default=None, help="directory for TTFT CCDF plots")
@@ -156,6 +164,8 @@ def _run_seed(
         r["wall_s"] = round(time.perf_counter() - t0, 1)
         results.append(r)
         raw[cfg.label()] = res.ttft_s
+    if args.bound:
+        results.append(_bound_row(queries, cm, budget))
     config = {
         "workload": args.workload, "qps": args.qps, "delay_multiplier": args.delay_multiplier,
         "num_queries": len(queries), "seed": seed, "preemption": args.preemption,
@@ -166,6 +176,19 @@ def _run_seed(
         "baselines": baselines,
     }
     return config, results, raw
+
+
+def _bound_row(queries: list[Query], cm: CostModel, budget: int) -> dict[str, object]:
+    """The dedicated-engine bound as a results row (eval/bound.py)."""
+    from eval.bound import dedicated_ttfts
+    from eval.metrics import result_row
+
+    t0 = time.perf_counter()
+    ttfts = dedicated_ttfts(queries, cm, budget)
+    from_arrival = [t + q.retrieval_s for t, q in zip(ttfts, queries, strict=True)]
+    r = result_row("bound", True, ttfts, from_arrival, math.nan)
+    r["wall_s"] = round(time.perf_counter() - t0, 1)
+    return r
 
 
 def _table(results: list[dict[str, object]]) -> list[dict[str, object]]:

@@ -30,11 +30,21 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+from eval.validate_calibration import (
+    add_http_terms,
+    add_pass_terms,
+    engine_speed,
+    logged_steps,
+    slowed,
+)
+from eval.validate_legs import legs_rows
 from eval.validate_report import COLS, TOL, Side, compare, plot_cdfs
 from eval.validate_trace import Case
 from srt_ext.engines.reference.model_store import TINY_MODEL
 
 TOKEN_BUDGET = 512
+WARMUP_SCALE = 0.25  # the warm-up replays the first case 4x faster (unmeasured)
+CALIBRATION_QUERIES = 12  # queries of the calibration pass (HTTP terms, engine speed)
 CASES = (
     Case("crawler-qps1", "crawler", 1.0),
     Case("crawler-qps3", "crawler", 3.0),
@@ -61,6 +71,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--calibrate", choices=["none", "cross-pass"], default="none",
                    help="cross-pass: also simulate each mode with the engine slowed by what "
                    "the other mode's pass measured (load drift on a shared machine)")
+    p.add_argument("--speed", choices=["pass", "none"], default="pass",
+                   help="pass (default): scale the profile's engine by the speed the "
+                   "unmeasured calibration pass ran at (measured / predicted forward time "
+                   "of its logged steps; this VM's speed drifts between the profile and "
+                   "the replays); none: the profile as measured")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=run)
     return p
@@ -117,24 +132,6 @@ def profile_engine(out: Path, threads: int) -> Path:
     return out
 
 
-def add_http_terms(prof: Path, url: str) -> None:
-    """Measure chunk/ack/request costs on the running server and store them."""
-    from srt_ext.cli.profile import write_profile
-    from srt_ext.cli.profile_fixed import http_terms_at
-
-    profile = json.loads(prof.read_text())
-    terms = http_terms_at(url, 7)
-    profile["fixed"] |= {k: round(v, 7) for k, v in terms.items()}
-    where = "measured by `stream2llm validate` on its own `stream2llm serve`"
-    profile["fixed"]["source"] |= {
-        "chunk_s": f"{where}: client send -> worker applied (worker_final_at), tiny inputs",
-        "ack_s": f"{where}: chunk round trip minus its way in",
-        "request_s": f"{where}: worker first token (worker_first_token_at) -> client has it",
-        "tokenize_s_per_1k": f"{where}: the way in, 12 vs 800 words (body, JSON, tokenizer)",
-    }
-    write_profile(profile, prof)
-
-
 def measured(url: str, text_qs: list[Any], modes: list[str],
              time_scale: float = 1.0) -> dict[str, Side]:  # fmt: skip
     from eval.replay import run_passes
@@ -144,25 +141,13 @@ def measured(url: str, text_qs: list[Any], modes: list[str],
     passes = run_passes(url, text_qs, modes, ns)
     out = {}
     for mode, p in passes.items():
-        ok = [o.ttft_s for o in p.outs if o.error is None and o.ttft_s is not None]
+        good = [o for o in p.outs if o.error is None and o.ttft_s is not None]
         pre = sum(p.server["preemptions"].values())
-        out[mode] = Side(ok, p.completion_s, pre, len(p.outs) - len(ok),
-                         p.server.get("engine_step_s", 0.0), int(p.server.get("steps", 0)))
+        legs = {o.qid: o.legs for o in good if o.legs}
+        out[mode] = Side([o.ttft_s for o in good], p.completion_s, pre,  # type: ignore[misc]
+                         len(p.outs) - len(good), p.server.get("engine_step_s", 0.0),
+                         int(p.server.get("steps", 0)), legs_s=legs)  # fmt: skip
     return out
-
-
-def slowed(cm: Any, factor: float) -> Any:
-    """``cm`` with its engine ``factor`` times slower (step model, step overhead and
-    sampling); the HTTP terms and the preemption curves are left as measured."""
-    from scheduler.cost_model import CostModel
-
-    prof = json.loads(json.dumps(cm.profile))
-    for key in ("prefill", "decode", "chunk", "batch"):
-        if prof.get(key):
-            prof[key]["seconds"] = [t * factor for t in prof[key]["seconds"]]
-    for key in ("step_s", "sampled_token_s"):
-        prof["fixed"][key] = prof["fixed"].get(key, 0.0) * factor
-    return CostModel(prof)
 
 
 def cross_calibrated(sim_qs: list[Any], case: Case, cm: Any, meas: dict[str, Side],
@@ -189,7 +174,7 @@ def simulated(sim_qs: list[Any], case: Case, cm: Any,
                         page_size=1, host_factor=4.0, client_awaits_acks=True)  # fmt: skip
         r = simulate(sim_qs, cfg, cm)
         out[mode] = Side(r.ttft_s, r.completion_time_s, sum(r.preemptions.values()),
-                         r.unfinished + r.rejected, r.busy_s, r.steps)  # fmt: skip
+                         r.unfinished + r.rejected, r.busy_s, r.steps, legs_s=r.legs_s)  # fmt: skip
     return out
 
 
@@ -227,19 +212,38 @@ def run(args: argparse.Namespace) -> int:
     cases = [replace(known[n], num_queries=args.num_queries, seed=args.seed) for n in names]
     results: dict[str, dict[str, dict[str, Side]]] = {}
     rows: list[dict[str, Any]] = []
+    leg_rows: list[dict[str, Any]] = []
+    speeds: list[float] = []
     for pool in sorted({c.kv_capacity_tokens for c in cases}, reverse=True):
         with launch_server(subprocess=True, model_path=TINY_MODEL, max_total_tokens=pool, threads=args.threads,
                            cpus=(engine_cpu,) if engine_cpu is not None else (),
                            cost_model=str(prof.resolve()), token_budget=TOKEN_BUDGET,
                            scheduler="fcfs", preemption="cost") as h:  # fmt: skip
-            if "chunk_s" not in json.loads(prof.read_text()).get("fixed", {}):
+            fresh = "chunk_s" not in json.loads(prof.read_text()).get("fixed", {})
+            if fresh:
                 add_http_terms(prof, h.url)  # the preemption rule reads only the curves
-            cm = CostModel.load(prof)
             on_pool = [c for c in cases if c.kv_capacity_tokens == pool]
             # warm-up, not measured: a fresh server's first minute ran the same queries
             # 1.3-2x slower than later (crawler QPS 1 vs QPS 3, identical inputs), a
             # start-up transient the simulator does not model (docs/performance.md)
-            measured(h.url, build(on_pool[0], tok)[0], ["non-streaming", "streaming"], 0.25)
+            both = ["non-streaming", "streaming"]
+            measured(h.url, build(on_pool[0], tok)[0], both, WARMUP_SCALE)
+            # then a calibration pass at real speed on other queries: it prices the HTTP
+            # terms (first server) and, with --speed pass, how fast the engine runs now
+            other = replace(on_pool[0], num_queries=CALIBRATION_QUERIES, seed=args.seed + 1)
+            mark = logged_steps(steps_log)
+            cal = measured(h.url, build(other, tok)[0], both)
+            if fresh:
+                add_pass_terms(prof, cal, args.quiet)
+            cm = CostModel.load(prof)
+            speed, n = engine_speed(steps_log, mark, cm)
+            if not args.quiet:
+                print(f"engine speed in the calibration pass: {speed:.3f}x the profile's "
+                      f"({n} steps){'' if args.speed == 'pass' else ', not applied'}",
+                      file=sys.stderr)  # fmt: skip
+            if args.speed == "pass":
+                cm = slowed(cm, speed)
+            speeds.append(speed)
             for i, case in enumerate(on_pool):
                 text_qs, sim_qs = build(case, tok)
                 modes = ["non-streaming", "streaming"][:: 1 if i % 2 == 0 else -1]
@@ -250,6 +254,7 @@ def run(args: argparse.Namespace) -> int:
                 sim = simulated(sim_qs, case, cm)
                 results[case.name] = {"measured": meas, "simulated": sim}
                 case_rows = compare(case.name, meas, sim)
+                leg_rows += legs_rows(case.name, meas, sim)
                 if args.calibrate == "cross-pass":
                     cal = cross_calibrated(sim_qs, case, cm, meas, sim)
                     results[case.name]["calibrated"] = cal
@@ -264,6 +269,9 @@ def run(args: argparse.Namespace) -> int:
                 if not args.quiet:  # each case as it ends: a long run shows its progress
                     print(format_table(case_rows, COLS), file=sys.stderr)
     print(format_table(rows, COLS))
+    if leg_rows:
+        print("\nwhere a TTFT goes (medians, ms)")
+        print(format_table(leg_rows, list(leg_rows[0])))
     print(step_summary(steps_log, prof))
     fails = sum(r["verdict"] == "FAIL" for r in rows)
     print(f"{fails} of {sum(r['verdict'] != '-' for r in rows)} cells fail; "
@@ -271,7 +279,8 @@ def run(args: argparse.Namespace) -> int:
     plot = plot_cdfs(results, out / "validate-cdf.png")
     (out / "validate.json").write_text(json.dumps({
         "profile": str(prof), "cases": [asdict(c) for c in cases], "tolerance": TOL,
-        "token_budget": TOKEN_BUDGET, "rows": rows,
+        "token_budget": TOKEN_BUDGET, "rows": rows, "legs": leg_rows,
+        "engine_speed": {"applied": args.speed == "pass", "per_server": speeds},
         "ttft_s": {n: {k: {m: asdict(s) for m, s in v.items()} for k, v in r.items()}
                    for n, r in results.items()},
         "wall_s": round(time.time() - t_start, 1), "plot": str(plot),

@@ -4,7 +4,7 @@ per cell, and the measured-vs-simulated TTFT CDFs (eval/validate.py runs the cas
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,9 @@ class Side:
     busy_s: float = 0.0  # engine steps (measured: the worker's own clock)
     steps: int = 0
     factor: float = 1.0  # engine slow-down applied (cross-pass calibration)
+    #: each TTFT's legs by query id (measured: eval.replay_query.LEGS; simulated:
+    #: in/worker/out)
+    legs_s: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 def compare(case: str, meas: dict[str, Side], sim: dict[str, Side]) -> list[dict[str, Any]]:

@@ -112,6 +112,9 @@ class FixedCosts:
       client sends the next chunk only then);
     * ``request_s``: the worker sampled the first token -> the client has it (event,
       API room, HTTP response), once per request;
+    * ``result_s``: the same for a streaming client, which asks for the result with a
+      request of its own once its final chunk is acknowledged (measured apart: that
+      way out is not the one-shot response's; None: ``request_s``);
     * ``step_s``: the worker's own time per engine step beyond the forward pass
       (scheduling, batch building, committing the step);
     * ``sampled_token_s``: the LM head and sampler, per tile of ``sample_tile``
@@ -125,6 +128,7 @@ class FixedCosts:
     """
 
     request_s: float = 0.0
+    result_s: float | None = None
     chunk_s: float = 0.0
     ack_s: float = 0.0
     step_s: float = 0.0
@@ -137,8 +141,8 @@ class FixedCosts:
     def from_profile(cls, profile: dict[str, Any]) -> FixedCosts:
         f = dict(profile.get("fixed") or {})
         known = {k: f[k] for k in cls.__dataclass_fields__ if k in f}
-        bad = [k for k, v in known.items() if k != "source" and (
-            not isinstance(v, (int, float)) or v < 0)]  # fmt: skip
+        bad = [k for k, v in known.items() if k != "source" and not (
+            k == "result_s" and v is None) and (not isinstance(v, (int, float)) or v < 0)]  # fmt: skip
         if bad:
             raise ValueError(f"profile {profile.get('name')!r}: bad fixed costs {bad}")
         return cls(**known)
@@ -148,6 +152,10 @@ class FixedCosts:
         if samples <= 0:
             return 0.0
         return -(-samples // max(1, self.sample_tile)) * self.sampled_token_s
+
+    def out_s(self, streaming: bool) -> float:
+        """First token sampled -> the client has it."""
+        return self.result_s if streaming and self.result_s is not None else self.request_s
 
     def tokenize_s(self, tokens: int) -> float:
         return self.tokenize_s_per_1k * tokens / 1000.0

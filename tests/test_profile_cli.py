@@ -51,5 +51,5 @@ def test_http_terms_on_a_real_server():
 
     with launch_server(model_path=TINY_MODEL, max_total_tokens=4096, threads=1) as h:  # in-thread: starts fastest
         t = http_terms_at(h.url, repeats=3)
-    assert set(t) == {"chunk_s", "ack_s", "request_s", "tokenize_s_per_1k"}
+    assert set(t) == {"chunk_s", "ack_s", "request_s", "result_s", "tokenize_s_per_1k"}
     assert all(0 <= v < 5.0 for v in t.values()) and t["chunk_s"] > 0 and t["request_s"] > 0

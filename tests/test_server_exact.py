@@ -22,6 +22,7 @@ import pytest
 from engine_servers import GREEDY, EngineServer
 from server_helpers import prompt, split, versions
 
+from eval.replay_query import legs as replay_legs
 from srt_ext.client.rest import AsyncClient
 
 pytestmark = pytest.mark.timeout(600)
@@ -143,6 +144,14 @@ def test_chunk_during_step_never_gives_an_early_token(srv, c):
     assert meta["ttft_s"] > 0 and meta["ttft_from_open_s"] > meta["ttft_s"]
     if srv.engine == "reference":
         assert meta["worker_ttft_s"] > 0
+        # the final chunk's way through the rooms, in order (eval.replay_query.legs)
+        way = ["api_final_at", "api_sent_at", "worker_final_at", "worker_first_token_at",
+               "api_first_token_at"]
+        stamps = [meta[k] for k in way]
+        assert stamps == sorted(stamps) and meta["api_final_tokens"] == 1
+        t0, t1 = stamps[0] - 1.0, stamps[-1] + 1.0
+        legs = replay_legs(t0, t1, meta)
+        assert sum(v for k, v in legs.items() if k != "tokens") == pytest.approx(t1 - t0)
 
 
 def test_update_during_prefill_is_applied_between_steps(srv, c):

@@ -72,3 +72,23 @@ def test_delay_multiplier_stretches_every_delay_by_default() -> None:
         assert g.chunks[0].t_s == p.chunks[0].t_s
     with pytest.raises(ValueError):
         stretch_delays(qs, 4.0, "first")
+
+
+def test_streaming_client_pays_its_result_request_and_legs_add_up() -> None:
+    # result_s (a stream's client asks for its result after the final chunk's reply)
+    # replaces request_s on the streaming way out only; the one-shot keeps request_s
+    cm_req = _profile(1e-5, FIXED)
+    cm_res = _profile(1e-5, FIXED | {"result_s": 0.03})
+    q = _query([300, 40], [0.0, 1.0])
+    cfg = SimConfig(token_budget=4096, kv_capacity_tokens=100_000)
+    ns_cfg = SimConfig(token_budget=4096, kv_capacity_tokens=100_000, streaming=False)
+    a, b = simulate([q], cfg, cm_req), simulate([q], cfg, cm_res)
+    assert b.ttft_s[0] - a.ttft_s[0] == pytest.approx(0.03 - 0.01)
+    assert simulate([q], ns_cfg, cm_res).ttft_s == simulate([q], ns_cfg, cm_req).ttft_s
+    # the per-query legs add up to the TTFT: way in, worker, way out
+    legs = b.legs_s["q"]
+    assert sum(legs.values()) == pytest.approx(b.ttft_s[0])
+    assert legs["in"] == pytest.approx(0.02 + 0.5 * 40 / 1000)
+    assert legs["out"] == pytest.approx(0.03)
+    with pytest.raises(ValueError):
+        FixedCosts.from_profile({"fixed": {"result_s": -1.0}})

@@ -134,3 +134,41 @@ def test_step_residuals_price_each_logged_step_with_its_idle_gap(tmp_path) -> No
     assert got[1] == pytest.approx(cm.step_s([(32, 8), (5, 1)], 1) + cm.sampled_s(1) + 0.001)
     assert gap == pytest.approx(0.05)
     assert totals(load_steps(log), cm) == (pytest.approx(0.017), pytest.approx(sum(got)), 2)
+
+
+def test_validate_slows_every_engine_curve_a_profile_has(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # `stream2llm validate --speed pass` scales the engine by the calibration pass's
+    # measured/predicted forward time, read from the worker's step log
+    import json
+
+    from eval.validate_calibration import engine_speed, slowed
+
+    design = _design(random.Random(9), 60)
+    steps = {"items": [[[s, n, int(j < k)] for j, (s, n) in enumerate(its)] for its, k in design],
+             "seconds": [_seconds(its, k) for its, k in design]}  # fmt: skip
+    ns = [16 << i for i in range(7)]
+    prof = {"name": "synthetic", "layout": {"dense_tiles": list(LAYOUT.dense_tiles),
+                                            "lm_tiles": list(LAYOUT.lm_tiles), "attn_block": 64},
+            "prefill": {"tokens": ns, "seconds": [_seconds([(0, n)], 0) for n in ns]},
+            "swap": {"tokens": ns, "seconds": [1e-4 * n for n in ns]}, "steps": steps,
+            "idle": {"idle_s": [0.01, 0.2], "seconds": [1e-4, 1e-3]},
+            "fixed": {"step_s": 1e-4, "sampled_token_s": 0.0}}  # fmt: skip
+    cm = CostModel(prof)
+    slow = slowed(cm, 1.5)
+    for its, k in design[:10]:
+        assert slow.step_s(its, k) == pytest.approx(1.5 * cm.step_s(its, k), rel=1e-6)
+    assert slow.idle_s(0.2) == pytest.approx(1.5e-3) and slow.fixed.step_s == pytest.approx(1.5e-4)
+    # a log of back-to-back steps that each took 1.2x their price gives 1.2
+    log = tmp_path / "steps.jsonl"
+    t = 100.0
+    with log.open("w") as f:
+        for its, k in design[:40]:
+            fwd = 1.2 * cm.step_s(its, k)
+            t += fwd
+            items = [[s, n, int(j < k)] for j, (s, n) in enumerate(its)]
+            f.write(json.dumps({"items": items, "forward_s": fwd, "wall_s": fwd, "t": t}) + "\n")
+    speed, n = engine_speed(log, 10, cm)
+    priced = sum(cm.step_s(its, k) for its, k in design[10:40])
+    # back to back, so only the first step of the slice is charged an idle penalty
+    assert n == 30 and speed == pytest.approx(1.2 * priced / (priced + cm.idle_s(1e9)), rel=1e-6)
+    assert engine_speed(log, 35, cm) == (1.0, 5)  # too few steps to judge

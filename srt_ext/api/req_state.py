@@ -41,6 +41,12 @@ class ReqState:
     input_tokens: int = 0
     output_ids: list[int] = field(default_factory=list)
     first_token_t: float | None = None
+    # wall-clock (time.time) stamps of the final input's way through this room:
+    # "api_final_at" (handler entered, body parsed), "api_sent_at" (tokenized, sent
+    # to the worker), "api_first_token_at"; with the worker's and the client's
+    # stamps they split a TTFT into its legs (stream2llm validate); and
+    # "api_final_tokens", the final request's own token count
+    stamps: dict[str, float] = field(default_factory=dict)
     done_t: float | None = None
     finish: m.FinishedEvent | None = None
     finish_reason: dict[str, Any] | None = None

@@ -43,6 +43,7 @@ class Service:
         return self.tok.encode(text or "", first=first)
 
     async def open_stream(self, req: OpenStreamRequest, client: str = "") -> tuple[str, m.ChunkReply]:
+        w0 = time.time()
         rid = req.rid or uuid.uuid4().hex
         if rid in self.link.states:
             raise WorkerError(409, f"stream {rid} already exists")
@@ -54,6 +55,7 @@ class Service:
                       client=client)  # fmt: skip
         if req.final:
             st.final, st.final_t = True, st.created
+            st.stamps.update(api_final_at=w0, api_sent_at=time.time(), api_final_tokens=len(ids or ()))
         msg = m.OpenStream(self.link.next_id(), rid, req.mode, req.sampling_params.spec(),
                            ids, req.final, time.time())  # fmt: skip
         return rid, await self._register(st, msg)
@@ -79,16 +81,17 @@ class Service:
         """Apply one chunk. Chunks of one stream are serialized in arrival order by
         the stream's lock: without it two concurrent chunks could both tokenize as
         "first" or reach the worker in the other order."""
-        t0 = time.monotonic()
+        t0, w0 = time.monotonic(), time.time()
         st = self.get(rid)
         st.last_active = t0
         async with st.lock:
             try:
-                return await self._add_chunk(st, req, t0)
+                return await self._add_chunk(st, req, t0, w0)
             finally:
                 st.last_active = time.monotonic()
 
-    async def _add_chunk(self, st: ReqState, req: ChunkRequest, t0: float) -> m.ChunkReply:
+    async def _add_chunk(self, st: ReqState, req: ChunkRequest, t0: float,
+                         w0: float) -> m.ChunkReply:  # fmt: skip
         rid = st.rid
         if st.final or st.done:
             raise WorkerError(409, f"stream {rid} already received its final chunk")
@@ -102,6 +105,7 @@ class Service:
         spec = req.sampling_params.spec() if req.sampling_params is not None else None
         if req.final:  # claim "final" now: a racing chunk gets 409, not a reorder
             st.final, st.final_t = True, t0
+            st.stamps.update(api_final_at=w0, api_sent_at=time.time(), api_final_tokens=len(ids))
         try:
             reply = await self.link.request(m.AddChunk(self.link.next_id(), rid, ids, req.final,
                                                        time.time(), spec))  # fmt: skip
@@ -127,6 +131,7 @@ class Service:
     # ---- one-shot -----------------------------------------------------------------
     async def generate(self, text: str | None, ids: list[int] | None,
                        sp: SamplingParamsModel, rid: str | None = None) -> ReqState:  # fmt: skip
+        w0 = time.time()
         rid = rid or uuid.uuid4().hex
         if rid in self.link.states:
             raise WorkerError(409, f"request {rid} already exists")
@@ -136,6 +141,8 @@ class Service:
         self.limits.check_input(len(input_ids))
         st = ReqState(rid, "oneshot", time.monotonic(), stop=sp.stop_strings())
         st.final, st.final_t = True, st.created
+        st.stamps.update(api_final_at=w0, api_sent_at=time.time(),
+                         api_final_tokens=len(input_ids))
         await self._register(st, m.Generate(self.link.next_id(), rid, input_ids, sp.spec(),
                                             time.time()))  # fmt: skip
         return st
@@ -165,6 +172,7 @@ class Service:
             # the same machine they split a TTFT into HTTP-in, worker and HTTP-out parts
             info["worker_final_at"] = f.final_t
             info["worker_first_token_at"] = f.first_token_t
+        info.update(st.stamps)
         return info
 
     def result(self, st: ReqState) -> dict[str, Any]:

@@ -172,6 +172,7 @@ class WorkerLink:
             st.output_ids.append(ev.token)
             if st.first_token_t is None:
                 st.first_token_t = now
+                st.stamps["api_first_token_at"] = time.time()
                 if self.on_first_token:
                     self.on_first_token(st)
             if st.stop and self.decode and match_stop(st, self.decode(st.output_ids)):

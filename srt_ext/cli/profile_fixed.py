@@ -12,7 +12,9 @@ they are paid:
   model just profiled: the client's clock and the worker's wall-clock stamps
   (``meta_info.worker_final_at`` / ``worker_first_token_at``, same machine, same
   clock) split each small request into HTTP-in (``chunk_s``), the worker, and
-  HTTP-out (``request_s``); ``ack_s`` = a chunk's round trip minus its way in;
+  HTTP-out (``request_s`` for a one-shot ``/generate``, ``result_s`` for a stream's
+  result request after its final chunk); ``ack_s`` = a chunk's round trip minus its
+  way in;
 * ``tokenize_s_per_1k``: the API room's tokenizer on 250- and 4,000-word texts
   (the slope, so the per-call part stays in ``chunk_s``).
 
@@ -132,7 +134,7 @@ def tokenize_s_per_1k(model_path: Any, repeats: int) -> float:
 
 
 def http_terms(model_path: str | None, threads: int, repeats: int) -> dict[str, float]:
-    """chunk_s, ack_s and request_s on a real server started here (its own process,
+    """chunk_s, ack_s, request_s and result_s on a real server started here (its own process,
     as `stream2llm serve`)."""
     from srt_ext.launch import launch_server
 
@@ -142,7 +144,7 @@ def http_terms(model_path: str | None, threads: int, repeats: int) -> dict[str, 
 
 
 def http_terms_at(url: str, repeats: int) -> dict[str, float]:
-    """chunk_s, ack_s and request_s against a running, idle server (tiny inputs; its
+    """chunk_s, ack_s, request_s and result_s against a running, idle server (tiny inputs; its
     prefix cache is flushed after each round), and ``tokenize_s_per_1k`` as the slope
     of the way in between a 12- and an 800-word request: what a long text costs
     before the worker has it (client JSON, HTTP body, the API room's parse and
@@ -151,7 +153,8 @@ def http_terms_at(url: str, repeats: int) -> dict[str, float]:
 
     sp = {"max_new_tokens": 1, "temperature": 0.0, "ignore_eos": True}
     ins: list[float] = []
-    outs: list[float] = []
+    outs: list[float] = []  # one-shot: the /generate response
+    results: list[float] = []  # streaming: the client's result request after the ack
     acks: list[float] = []
     per_1k: list[float] = []
     with Client(url) as c:
@@ -180,13 +183,14 @@ def http_terms_at(url: str, repeats: int) -> dict[str, float]:
             extra = big["prompt_tokens"] - small["prompt_tokens"]
             per_1k.append(1000 * ((big["worker_final_at"] - b0) - (small["worker_final_at"] - g0))
                           / max(extra, 1))  # fmt: skip
-            for (s0, s1), meta in (((t0, t1), res["meta_info"]), ((g0, g1), gen["meta_info"])):
+            for (s0, s1), meta, way_out in (((t0, t1), res["meta_info"], results),
+                                            ((g0, g1), gen["meta_info"], outs)):
                 ins.append(meta["worker_final_at"] - s0)
-                outs.append(s1 - meta["worker_first_token_at"])
+                way_out.append(s1 - meta["worker_first_token_at"])
             acks.append(max(0.0, rtt - ins[-2]))
     med = statistics.median
     return {"chunk_s": max(0.0, med(ins)), "ack_s": med(acks), "request_s": max(0.0, med(outs)),
-            "tokenize_s_per_1k": max(0.0, med(per_1k))}  # fmt: skip
+            "result_s": max(0.0, med(results)), "tokenize_s_per_1k": max(0.0, med(per_1k))}  # fmt: skip
 
 
 def measure_fixed(engine: Any, args: Any) -> dict[str, Any]:
@@ -215,6 +219,9 @@ def measure_fixed(engine: Any, args: Any) -> dict[str, Any]:
         "ack_s": f"{where}: chunk round trip minus its way in" if not args.skip_http
         else "not measured (0)",
         "request_s": f"{where}: worker first token (worker_first_token_at) -> client "
-        "has it" if not args.skip_http else "not measured (0)",
+        "has the /generate response" if not args.skip_http else "not measured (0)",
+        "result_s": f"{where}: worker first token -> a stream's client has its result "
+        "(asked after the final chunk's reply)" if not args.skip_http
+        else "not measured (request_s)",
     }
     return fixed
