@@ -10,6 +10,8 @@
 
 Writes ``{"config": {...}, "results": [...]}`` (eval.metrics.result_row entries,
 plus diagnostics) and prints a table with P50/P99 speedups over non-streaming.
+``--bound`` adds a row no scheduler can beat: every query's TTFT with the engine to
+itself (eval/bound.py), so its ``x_p99`` is the most any scheduler could gain at P99.
 
 Two non-streaming baselines by default: plain FCFS (``x_*`` ratios) and ``ours``'
 ordering without streaming (``xo_*``: shortest remaining work first among complete
