@@ -33,6 +33,18 @@ def _design(rng: random.Random, count: int) -> list[tuple[list[tuple[int, int]],
     return out
 
 
+def _profile(design: list[tuple[list[tuple[int, int]], int]], **extra: object) -> dict:  # type: ignore[type-arg]
+    """A profile whose timed steps are ``design`` priced by TRUE."""
+    steps = {"items": [[[s, n, int(j < k)] for j, (s, n) in enumerate(its)] for its, k in design],
+             "seconds": [_seconds(its, k) for its, k in design]}  # fmt: skip
+    ns = [16 << i for i in range(7)]
+    return {"name": "synthetic", "layout": {"dense_tiles": list(LAYOUT.dense_tiles),
+                                            "lm_tiles": list(LAYOUT.lm_tiles), "attn_block": 64},
+            "prefill": {"tokens": ns, "seconds": [_seconds([(0, n)], 0) for n in ns]},
+            "swap": {"tokens": ns, "seconds": [1e-4 * n for n in ns]}, "steps": steps,
+            **extra}  # fmt: skip
+
+
 def test_block_span_is_the_loop_the_sized_attention_runs(monkeypatch: pytest.MonkeyPatch) -> None:
     # the engine's attention calls one kernel per block_span element: count them
     calls: list[int] = []
@@ -59,15 +71,7 @@ def test_features_count_tiles_blocks_and_lm_calls() -> None:
 
 
 def test_fit_recovers_per_call_costs_from_a_mixed_design() -> None:
-    rng = random.Random(7)
-    design = _design(rng, 150)
-    steps = {"items": [[[s, n, int(j < k)] for j, (s, n) in enumerate(its)] for its, k in design],
-             "seconds": [_seconds(its, k) for its, k in design]}  # fmt: skip
-    ns = [16 << i for i in range(7)]
-    prof = {"name": "synthetic", "layout": {"dense_tiles": list(LAYOUT.dense_tiles),
-                                            "lm_tiles": list(LAYOUT.lm_tiles), "attn_block": 64},
-            "prefill": {"tokens": ns, "seconds": [_seconds([(0, n)], 0) for n in ns]},
-            "swap": {"tokens": ns, "seconds": [1e-4 * n for n in ns]}, "steps": steps}  # fmt: skip
+    prof = _profile(_design(random.Random(7), 150))
     m = fit_step(prof)
     assert m.prices_sampling and m.r2 > 0.999
     for got, want in ((m.f, TRUE["dense"]), (m.g, TRUE["blocks"]), (m.h, TRUE["lm"])):
@@ -144,16 +148,8 @@ def test_validate_slows_every_engine_curve_a_profile_has(tmp_path) -> None:  # t
     from eval.validate_calibration import engine_speed, slowed
 
     design = _design(random.Random(9), 60)
-    steps = {"items": [[[s, n, int(j < k)] for j, (s, n) in enumerate(its)] for its, k in design],
-             "seconds": [_seconds(its, k) for its, k in design]}  # fmt: skip
-    ns = [16 << i for i in range(7)]
-    prof = {"name": "synthetic", "layout": {"dense_tiles": list(LAYOUT.dense_tiles),
-                                            "lm_tiles": list(LAYOUT.lm_tiles), "attn_block": 64},
-            "prefill": {"tokens": ns, "seconds": [_seconds([(0, n)], 0) for n in ns]},
-            "swap": {"tokens": ns, "seconds": [1e-4 * n for n in ns]}, "steps": steps,
-            "idle": {"idle_s": [0.01, 0.2], "seconds": [1e-4, 1e-3]},
-            "fixed": {"step_s": 1e-4, "sampled_token_s": 0.0}}  # fmt: skip
-    cm = CostModel(prof)
+    cm = CostModel(_profile(design, idle={"idle_s": [0.01, 0.2], "seconds": [1e-4, 1e-3]},
+                            fixed={"step_s": 1e-4, "sampled_token_s": 0.0}))  # fmt: skip
     slow = slowed(cm, 1.5)
     for its, k in design[:10]:
         assert slow.step_s(its, k) == pytest.approx(1.5 * cm.step_s(its, k), rel=1e-6)
