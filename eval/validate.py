@@ -9,12 +9,15 @@ here (unless ``--profile`` reuses a file); (2) each case's trace
 on a KV pool small enough to preempt) is replayed through ``stream2llm serve``
 (a child process, scheduler fcfs, preemption cost, the same profile as its cost
 model), non-streaming and streaming, with the prefix cache flushed before each
-pass and the order alternating between cases; (3) the same trace is simulated
-with that profile and the server's settings (page 1, host pool 4x, budget,
-clients that await each chunk's reply). It prints P50/P95/P99 TTFT (streaming
-and not), preemptions and completion time side by side, with pass/fail per
-cell (percentiles within 20 %, P99 within 30 %, completion within 5 %), and
-draws measured-vs-simulated TTFT CDFs. Exit status 1 if any cell fails.
+pass and the order alternating between cases; each server first gets an
+unmeasured warm-up and an unmeasured calibration pass, which prices the HTTP terms
+and the engine's current speed (eval/validate_calibration.py); (3) the same trace
+is simulated with that profile and the server's settings (page 1, host pool 4x,
+budget, clients that await each chunk's reply). It prints P50/P95/P99 TTFT
+(streaming and not), preemptions and completion time side by side, with pass/fail
+per cell (percentiles within 20 %, P99 within 30 %, completion within 5 %), then
+where each TTFT went (eval/validate_legs.py), and draws measured-vs-simulated TTFT
+CDFs. Exit status 1 if any cell fails.
 """
 
 from __future__ import annotations
