@@ -11,6 +11,7 @@ server that runs for days does not grow without bound. Neither knows about socke
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,7 +46,7 @@ class ReqState:
     # "api_final_at" (handler entered, body parsed), "api_sent_at" (tokenized, sent
     # to the worker), "api_first_token_at"; with the worker's and the client's
     # stamps they split a TTFT into its legs (stream2llm validate); and
-    # "api_final_tokens", the final request's own token count
+    # "api_final_tokens", the final request's own token count (see mark_final)
     stamps: dict[str, float] = field(default_factory=dict)
     done_t: float | None = None
     finish: m.FinishedEvent | None = None
@@ -62,6 +63,14 @@ class ReqState:
 
     def __post_init__(self) -> None:
         self.last_active = self.last_active or self.created
+
+    def mark_final(self, t: float, entered: float, tokens: int) -> None:
+        """The request's input is complete as of ``t`` (monotonic): its final part
+        of ``tokens`` tokens entered this room at ``entered`` (wall clock) and leaves
+        for the worker now."""
+        self.final, self.final_t = True, t
+        self.stamps.update(api_final_at=entered, api_sent_at=time.time(),
+                           api_final_tokens=tokens)  # fmt: skip
 
     @property
     def done(self) -> bool:

@@ -54,8 +54,7 @@ class Service:
         st = ReqState(rid, req.mode, time.monotonic(), stop=req.sampling_params.stop_strings(),
                       client=client)  # fmt: skip
         if req.final:
-            st.final, st.final_t = True, st.created
-            st.stamps.update(api_final_at=w0, api_sent_at=time.time(), api_final_tokens=len(ids or ()))
+            st.mark_final(st.created, w0, len(ids or ()))
         msg = m.OpenStream(self.link.next_id(), rid, req.mode, req.sampling_params.spec(),
                            ids, req.final, time.time())  # fmt: skip
         return rid, await self._register(st, msg)
@@ -104,8 +103,7 @@ class Service:
         self.limits.check_input(len(ids) + (st.input_tokens if st.mode == "append" else 0))
         spec = req.sampling_params.spec() if req.sampling_params is not None else None
         if req.final:  # claim "final" now: a racing chunk gets 409, not a reorder
-            st.final, st.final_t = True, t0
-            st.stamps.update(api_final_at=w0, api_sent_at=time.time(), api_final_tokens=len(ids))
+            st.mark_final(t0, w0, len(ids))
         try:
             reply = await self.link.request(m.AddChunk(self.link.next_id(), rid, ids, req.final,
                                                        time.time(), spec))  # fmt: skip
@@ -140,9 +138,7 @@ class Service:
             raise WorkerError(400, "empty input")
         self.limits.check_input(len(input_ids))
         st = ReqState(rid, "oneshot", time.monotonic(), stop=sp.stop_strings())
-        st.final, st.final_t = True, st.created
-        st.stamps.update(api_final_at=w0, api_sent_at=time.time(),
-                         api_final_tokens=len(input_ids))
+        st.mark_final(st.created, w0, len(input_ids))
         await self._register(st, m.Generate(self.link.next_id(), rid, input_ids, sp.spec(),
                                             time.time()))  # fmt: skip
         return st
