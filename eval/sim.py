@@ -91,7 +91,6 @@ class SimResult:
     config: SimConfig
     ttft_s: list[float] = field(default_factory=list)
     ttft_from_arrival_s: list[float] = field(default_factory=list)
-    ttft_by_qid: dict[str, float] = field(default_factory=dict)  # for tail diagnostics
     #: each TTFT's legs by query: "in" (sent -> the worker applies the final chunk,
     #: between steps), "worker" (-> first token sampled), "out" (-> the client has it)
     legs_s: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -104,6 +103,11 @@ class SimResult:
     rejected: int = 0  # inputs larger than the KV pool
     stats: dict[str, int] = field(default_factory=dict)
     decision_s: float = 0.0  # wall time spent inside schedule()
+
+    @property
+    def ttft_by_qid(self) -> dict[str, float]:
+        """Each query's TTFT (the sum of its legs), for tail diagnostics."""
+        return {q: sum(legs.values()) for q, legs in self.legs_s.items()}
 
 
 def non_streaming(q: Query) -> Query:
@@ -204,9 +208,10 @@ def simulate(
                 sched.abort(q.qid)
                 res.rejected += 1
                 continue
-            ack = (step_end if plan is not None else now) + fx.ack_s
+            took = step_end if plan is not None else now  # the worker applies between steps
+            ack = took + fx.ack_s
             if c.final:
-                ack_final[i], applied[i] = ack, ack - fx.ack_s
+                ack_final[i], applied[i] = ack, took
             if j + 1 < len(q.chunks):
                 nxt = q.chunks[j + 1]
                 send = q.arrival_s + nxt.t_s
@@ -227,7 +232,6 @@ def simulate(
                     # a streaming client asks for the result once its final chunk is acked
                     seen = (max(now, ack_final[k]) if awaits else now) + out_s
                     res.ttft_s.append(seen - sent_at[k])
-                    res.ttft_by_qid[ev.rid] = seen - sent_at[k]
                     res.legs_s[ev.rid] = {"in": applied[k] - sent_at[k],
                                           "worker": now - applied[k], "out": seen - now}
                     res.ttft_from_arrival_s.append(seen - qs[k].arrival_s)
