@@ -44,7 +44,7 @@ def legs(sent_wall: float, first_wall: float, meta: dict[str, Any]) -> dict[str,
     if not all(isinstance(meta.get(k), (int, float)) for k in keys):
         return {}
     t = [sent_wall, *(float(meta[k]) for k in keys), first_wall]
-    out = {name: b - a for name, a, b in zip(LEGS, t, t[1:], strict=False)}
+    out = {name: b - a for name, a, b in zip(LEGS, t[:-1], t[1:], strict=True)}
     out["tokens"] = float(meta.get("api_final_tokens") or 0)  # the final request's own
     return out
 

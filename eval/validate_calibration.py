@@ -35,36 +35,33 @@ def http_terms(passes: dict[str, Side], tokenize_s_per_1k: float) -> dict[str, f
     the way in less its tokenization (the profile's slope), plus the worker link at
     its low decile (``to_worker`` also holds the wait for the step in flight, which the
     simulator charges itself); the way out of a one-shot and of a stream's result."""
-    def legs(mode: str) -> list[dict[str, float]]:
-        return [v for v in passes[mode].legs_s.values() if all(p in v for p in LEG_PARTS)]
-
-    both = legs("non-streaming") + legs("streaming")
-    if not legs("non-streaming") or not legs("streaming"):
+    legs = {mode: [v for v in passes[mode].legs_s.values() if all(p in v for p in LEG_PARTS)]
+            for mode in ("non-streaming", "streaming")}  # fmt: skip
+    if not all(legs.values()):
         raise ValueError("the pass has no per-leg stamps (the server is too old?)")
+    both = legs["non-streaming"] + legs["streaming"]
     link = statistics.quantiles([v["to_worker"] for v in both], n=10)[0]
     way_in = [v["http_in"] + v["api"] - tokenize_s_per_1k * v.get("tokens", 0) / 1000
               for v in both]  # fmt: skip
-    out = {mode: statistics.median(v["from_worker"] + v["out"] for v in legs(mode))
-           for mode in ("non-streaming", "streaming")}  # fmt: skip
+    out = {mode: statistics.median(v["from_worker"] + v["out"] for v in vs)
+           for mode, vs in legs.items()}  # fmt: skip
     return {"chunk_s": max(0.0, statistics.median(way_in) + max(0.0, link)),
             "request_s": out["non-streaming"], "result_s": out["streaming"]}
 
 
 def add_http_terms(prof: Path, url: str) -> None:
-    """Measure chunk/ack/request costs on the running server and store them."""
+    """The terms the calibration pass cannot price, measured on the idle server and
+    stored: a chunk's reply (``ack_s``) and the way in per 1K tokens (the slope that
+    ``http_terms`` takes off the way in)."""
     from srt_ext.cli.profile import write_profile
     from srt_ext.cli.profile_fixed import http_terms_at
 
     profile = json.loads(prof.read_text())
     terms = http_terms_at(url, 7)
-    profile["fixed"] |= {k: round(v, 7) for k, v in terms.items()}
+    profile["fixed"] |= {k: round(terms[k], 7) for k in ("ack_s", "tokenize_s_per_1k")}
     where = "measured by `stream2llm validate` on its own `stream2llm serve`"
     profile["fixed"]["source"] |= {
-        "chunk_s": f"{where}: client send -> worker applied (worker_final_at), tiny inputs",
         "ack_s": f"{where}: chunk round trip minus its way in",
-        "request_s": f"{where}: worker first token (worker_first_token_at) -> client has "
-        "the /generate response",
-        "result_s": f"{where}: worker first token -> a stream's client has its result",
         "tokenize_s_per_1k": f"{where}: the way in, 12 vs 800 words (body, JSON, tokenizer)",
     }
     write_profile(profile, prof)
