@@ -58,6 +58,9 @@ class SGLangServerConfig:
     startup_timeout: float = 600.0
     extra_args: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
+    # bench-streams' stock baseline: None leaves out --radix-cache-backend, so SGLang builds
+    # its default tree (pair with env SGLANG_PLUGINS=none-such: no plugin loaded at all)
+    radix_cache_backend: str | None = "stream2llm"
 
 
 def _free_port(host: str) -> int:
@@ -98,8 +101,9 @@ def server_argv(cfg: SGLangServerConfig, model_path: str, port: int) -> list[str
     argv = [sys.executable, "-m", "srt_ext.engines.sglang.server_main",
             "--model-path", model_path, "--host", cfg.host, "--port", str(port),
             "--device", cfg.device, "--max-total-tokens", str(cfg.max_total_tokens),
-            "--radix-cache-backend", "stream2llm", "--skip-server-warmup",
-            "--log-level", cfg.log_level]  # fmt: skip
+            "--skip-server-warmup", "--log-level", cfg.log_level]  # fmt: skip
+    if cfg.radix_cache_backend:
+        argv += ["--radix-cache-backend", cfg.radix_cache_backend]
     if cfg.device == "cpu":
         argv += ["--attention-backend", "torch_native"]
     if cfg.chunked_prefill_size:
