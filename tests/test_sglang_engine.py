@@ -19,7 +19,6 @@ from sglang.srt.managers.io_struct import (
     msgpack_encode,
 )
 from sglang.srt.managers.schedule_batch import Req
-from sglang.srt.managers.schedule_policy import AddReqResult
 from sglang.srt.mem_cache.allocator import TokenToKVPoolAllocator
 from sglang.srt.mem_cache.cache_init_params import CacheInitParams
 from sglang.srt.mem_cache.memory_pool import ReqToTokenPool
@@ -197,7 +196,10 @@ def test_stream_entries_end_with_their_request(sched: SimpleNamespace) -> None:
     b = _open(sched, "b", [3, 4])
     c = _open(sched, "c", [5])
     a.finished_reason = FINISH_LENGTH(length=4)
-    lifecycle.stream_output_after(None, None, [a, b])
+    sent: list[list[str]] = []
+    lifecycle.stream_output_around(lambda _s, reqs, *a: sent.append([r.rid for r in reqs]),
+                                   None, [a, b])  # fmt: skip
+    assert sent == [["a", "b"]]
     assert set(state.table().streams) == {"b", "c"}  # b is not finished
     lifecycle.send_abort_output_after(None, sched, None, c)
     assert set(state.table().streams) == {"b"}
@@ -215,20 +217,36 @@ def _adder(s: SimpleNamespace, chunk: int = 64) -> StreamPrefillAdder:
     return StreamPrefillAdder(1, s.tree_cache, s.allocator, None, 0.5, 256, chunk)
 
 
-def test_partial_stream_is_prefilled_as_an_unsampled_chunk(sched: SimpleNamespace) -> None:
+def test_every_partial_stream_is_prefilled_unsampled_in_one_batch(sched: SimpleNamespace) -> None:
+    """Partial streams are ordinary rows of the batch (SGLang's one chunked slot
+    stays free), marked so SGLang's result processor samples none of them, with
+    no decode memory reserved; a final stream beside them is admitted as usual."""
     part = _open(sched, "part", [1, 2, 3, 4])
     part2 = _open(sched, "part2", [5, 6])
     done = _open(sched, "done", [7, 8, 9], final=True)
     adder = _adder(sched)
     for req in (part, part2, done):
         req.init_next_round_input(sched.tree_cache)
-    assert adder.add_one_req(part, False, None) == AddReqResult.CONTINUE
-    assert adder.new_chunked_req is part and part.extend_end == 4  # all it has, as a chunk
-    # SGLang tracks one chunked request: a second partial stream waits its turn.
-    assert adder.add_one_req(part2, False, None) == AddReqResult.CONTINUE
-    assert part2 not in adder.can_run_list
-    adder.add_one_req(done, False, None)
-    assert adder.can_run_list == [part, done] and adder.new_chunked_req is part
+    budget = adder.rem_total_tokens
+    for req in (part, part2, done):
+        adder.add_one_req(req, False, None)
+    assert adder.can_run_list == [part, part2, done] and adder.new_chunked_req is None
+    assert (part.extend_end, part2.extend_end, done.extend_end) == (4, 2, 3)
+    assert [r.inflight_middle_chunks for r in (part, part2, done)] == [1, 1, 0]
+    assert set(state.table().unsampled) == {"part", "part2"}
+    # the partial rows cost their input only; the final one its input + decode reserve
+    assert budget - adder.rem_total_tokens < 4 + 2 + 3 + 4 + 3 * 8
+
+
+def test_partial_prefill_is_cut_to_the_chunk_budget_not_chunked(sched: SimpleNamespace) -> None:
+    """A partial stream larger than the step's budget is prefilled in part, still
+    as a plain unsampled row (the rest follows in later steps)."""
+    big = _open(sched, "big", list(range(1, 91)))
+    big.init_next_round_input(sched.tree_cache)
+    adder = _adder(sched, chunk=32)
+    adder.add_one_req(big, False, None)
+    assert adder.can_run_list == [big] and adder.new_chunked_req is None
+    assert big.extend_end == 32 and big.inflight_middle_chunks == 1
 
 
 def test_plain_sglang_adder_would_sample_the_partial_request(sched: SimpleNamespace) -> None:
@@ -285,7 +303,8 @@ def test_retract_mode_follows_the_cost_model(sched: SimpleNamespace) -> None:
 
 
 def test_retract_decode_around_counts_each_victims_decision(sched: SimpleNamespace) -> None:
-    """The AROUND hook decides before SGLang's release resets the KV counters."""
+    """SGLang's retraction frees the victims' KV: counted as the recomputes they are,
+    whatever the cost model would have picked."""
     reqs = [_open(sched, r, [1] * 4, final=True) for r in ("x", "y", "z")]
     state.table().cost_model = SimpleNamespace(prefill_s=lambda n: n * 1e-3,  # type: ignore[assignment]
                                                swap_s=lambda n: 0.05)  # fmt: skip
@@ -300,4 +319,4 @@ def test_retract_decode_around_counts_each_victims_decision(sched: SimpleNamespa
 
     retracted, ratio, aborted = retract_decode_around(original, SimpleNamespace(reqs=reqs))
     assert [r.rid for r in retracted] == ["y", "z"] and ratio == 0.5 and aborted == []
-    assert state.table().decisions == {"recompute": 0, "swap": 2}
+    assert state.table().decisions == {"recompute": 2, "swap": 0}

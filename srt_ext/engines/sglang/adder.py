@@ -5,12 +5,14 @@ walks ``waiting_queue`` in the order ``SchedulePolicy.calc_priority`` left it.
 So ordering is a re-sort after ``calc_priority`` (``order_waiting_queue``), and
 admission is a ``PrefillAdder`` subclass.
 
-The only way 0.5.23 prefills a request without sampling it is the chunked-prefill
-path: an admission with ``is_chunked`` becomes the scheduler's one ``chunked_req``,
-its batch rows count as ``inflight_middle_chunks`` and the result processor skips
-sampling them. A partial stream is therefore always admitted as a chunk, only
-while that one slot is free; when it has nothing left to compute it is parked
-(``kv.park``) rather than left in the slot, and a later chunk re-queues it.
+A partial stream (no final chunk yet) is admitted as an ordinary request of the
+batch, not as SGLang's single ``chunked_req``: every partial stream can be
+prefilled in the same step. Its admission reserves no decode memory
+(``max_new_tokens`` 0), may cover only part of its received input (the chunk
+budget, the policy's cap, as the planner decides), and raises the request's
+``inflight_middle_chunks``, which is what SGLang's batch-result processor reads
+to leave a row unsampled. After the step it leaves the batch and is parked
+(``steps``), never merged into the running (decode) batch.
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ from sglang.srt.managers.schedule_policy import (
 
 from srt_ext.engines.sglang import kv
 from srt_ext.engines.sglang.state import StreamTable, table
-from stream2llm.lcp import common_prefix_len
 
 
 def order_waiting_queue(waiting_queue: list, t: StreamTable | None = None) -> None:
@@ -43,58 +44,60 @@ def calc_priority_after(result: Any, policy: Any, waiting_queue: list, *a: Any, 
     return result
 
 
-def _nothing_to_compute(req: Any) -> bool:
-    return len(req.full_untruncated_fill_ids) - (req.prefix_len or 0) <= 0
-
-
 class StreamPrefillAdder(PrefillAdder):
-    """``PrefillAdder`` that prefills partial streams only as unsampled chunks."""
+    """``PrefillAdder`` that prefills partial streams as unsampled rows of the batch."""
 
     def _select_prefill_admission(self, req: Any, **kwargs: Any) -> Any:
+        t = table()
+        info = t.streams.get(req.rid)
+        if info is not None and info.host_kv is not None:
+            return AddReqResult.CONTINUE  # swapped out: admitted after its KV is back
         admission = super()._select_prefill_admission(req, **kwargs)
-        if not isinstance(admission, _PrefillAdmission):
+        if not isinstance(admission, _PrefillAdmission) or not t.is_partial(req):
             return admission
-        partial_input = table().is_partial(req)
-        if not (admission.is_chunked or partial_input):
-            return admission
-        # One chunked request per scheduler (0.5.23): skip, keep it queued.
-        if kwargs.get("has_chunked_req") or self.new_chunked_req is not None:
-            return AddReqResult.CONTINUE
-        if partial_input and not admission.is_chunked:
-            return _PrefillAdmission(
-                admission.prefix_len, admission.extend_len, 0, True, admission.replay_len
-            )
-        return admission
+        n = t.planned_partial(req, admission.extend_len, self._partial_planned)
+        n = n // self.page_size * self.page_size
+        if n <= 0:
+            return AddReqResult.CONTINUE  # held back or capped: others may still run
+        return _PrefillAdmission(admission.prefix_len, n, 0, False, admission.replay_len)
+
+    def _check_prefill_budget(self, req: Any, *, extend_input_len: int, total_tokens: int,
+                              chunk_limit: int | None, **kwargs: Any) -> tuple[bool, int | None]:  # fmt: skip
+        """SGLang admits a request only if all its remaining input and its decode
+        reservation fit. A partial stream needs neither: the slice that fits
+        memory now (and the step's chunk) is prefilled, the rest in later steps."""
+        if not table().is_partial(req):
+            return super()._check_prefill_budget(req, extend_input_len=extend_input_len,
+                                                 total_tokens=total_tokens,
+                                                 chunk_limit=chunk_limit, **kwargs)  # fmt: skip
+        page = self.page_size
+        room = int(self.rem_total_tokens) - 2 * page  # SGLang's test is strict
+        part = min(extend_input_len, room, chunk_limit if chunk_limit is not None else room)
+        part = part // page * page
+        if part <= 0:
+            return False, None
+        ok, limit = super()._check_prefill_budget(req, extend_input_len=part, total_tokens=part + page,
+                                                  chunk_limit=chunk_limit, **kwargs)  # fmt: skip
+        return (True, part if limit is None else min(limit, part)) if ok else (False, None)
+
+    @property
+    def _partial_planned(self) -> int:
+        """Tokens of partial input this adder admitted so far (the planner's cap)."""
+        return sum(r.extend_end - r.prefix_len for r in self.can_run_list
+                   if table().is_partial(r))  # fmt: skip
 
     def add_one_req(self, req: Any, has_chunked_req: bool, truncation_align_size: Any) -> Any:
         res = super().add_one_req(req, has_chunked_req, truncation_align_size)
-        info = table().streams.get(req.rid)
-        if info is not None and self.can_run_list and self.can_run_list[-1] is req:
-            kv.unpin(self.tree_cache, info)  # admission holds its own lock now
-        return res
-
-    def add_chunked_req(self, req: Any) -> Any:
+        if not (self.can_run_list and self.can_run_list[-1] is req):
+            return res
         t = table()
         info = t.streams.get(req.rid)
-        if info is not None and info.is_stream and (
-            _nothing_to_compute(req) or info.pending_input is not None
-        ):
-            done = kv.park(t, info, req, self.tree_cache)
-            if info.pending_input is not None:
-                new, info.pending_input = info.pending_input, None
-                cut = kv.cut_to(self.tree_cache, info, common_prefix_len(req.origin_input_ids, new))
-                info.tokens_invalidated += cut
-                t.tokens_invalidated += cut
-                kv.set_input(req, new)
-                done = kv.computed(self.tree_cache, info)
-            if info.final or len(req.origin_input_ids) > done:
-                queue = t.scheduler.waiting_queue if t.scheduler is not None else []
-                kv.unpark(t, info, req, queue)
-            return None  # the scheduler's chunked_req slot is free again
-        ret = super().add_chunked_req(req)
-        if ret is None and t.is_partial(req) and req in self.can_run_list:
-            return req  # last received tokens: still a middle chunk, not sampled
-        return ret
+        if info is not None:
+            kv.unpin(self.tree_cache, info)  # admission holds its own lock now
+            if not info.final:
+                req.inflight_middle_chunks += 1  # SGLang samples no row that has one
+                t.unsampled[req.rid] = req
+        return res
 
 
 def get_prefill_adder_class(scheduler: Any) -> type[PrefillAdder]:

@@ -10,12 +10,20 @@ re-queues the request and ``init_next_round_input`` matches the cached prefix.
 *Cutting*: an update replaces the input; the pinned path is truncated to the
 longest common prefix with ``StreamingRadixCache.cut_path`` (the cut StreamKVCache
 uses too), which frees the part below at once (not left to LRU).
+
+*Preempting* a parked stream under memory pressure: ``drop`` frees the part of
+its path nobody else holds (recompute later), ``swap_out`` first copies the
+whole path's KV to host memory with the KV pool's own ``get_cpu_copy`` and
+``swap_in`` allocates slots, loads the copy back (``load_cpu_copy``) and
+re-inserts the path into the tree, pinned, before the stream is admitted again.
 """
 
 from __future__ import annotations
 
 from array import array
 from typing import Any
+
+import torch
 
 from srt_ext.engines.sglang.state import StreamInfo, StreamTable
 
@@ -98,3 +106,56 @@ def set_input(req: Any, ids: array) -> None:
     req.origin_input_ids = ids
     req.origin_input_ids_unpadded = ids
     req.full_untruncated_fill_ids = ids + array("q", req.output_ids)
+
+
+def path_tokens(tree: Any, node: Any) -> array:
+    """The token ids on the path from the root to the end of ``node``."""
+    out = array("q")
+    for n in tree.path_nodes(node):
+        out.extend(n.key.token_ids)
+    return out
+
+
+def drop(tree: Any, info: StreamInfo) -> int:
+    """Unpin a parked stream and free its exclusive KV now; returns tokens freed.
+    What the stream shares with others stays cached (and evictable)."""
+    node = info.pin
+    if node is None:
+        return 0
+    before = tree.token_to_kv_pool_allocator.available_size()
+    tree.cut_path(node, 0)  # the lock moves to the root: none is held
+    info.pin = None
+    return int(tree.token_to_kv_pool_allocator.available_size() - before)
+
+
+def swap_out(tree: Any, info: StreamInfo) -> int:
+    """Copy the pinned path's KV to host memory, then ``drop`` it; returns the
+    tokens copied."""
+    node = info.pin
+    if node is None:
+        return 0
+    slots = torch.cat([n.value for n in tree.path_nodes(node)])
+    info.host_kv = tree.token_to_kv_pool_allocator.get_kvcache().get_cpu_copy(slots)
+    info.host_tokens = path_tokens(tree, node)
+    drop(tree, info)
+    return len(info.host_tokens)
+
+
+def swap_in(tree: Any, info: StreamInfo, extra_key: str | None) -> int:
+    """Load a swapped-out path back into fresh slots and pin it; returns the
+    tokens loaded (0 when the pool cannot hold them now: try again later)."""
+    tokens = info.host_tokens
+    n = len(tokens)
+    alloc = tree.token_to_kv_pool_allocator
+    if alloc.available_size() < n:
+        tree.evict_tokens(n - alloc.available_size())
+    slots = alloc.alloc(n) if alloc.available_size() >= n else None
+    if slots is None:
+        return 0
+    alloc.get_kvcache().load_cpu_copy(info.host_kv, slots)
+    last, dup = tree.extend_from(tree.root_node, tokens, slots, extra_key)
+    if dup:  # that prefix is cached already: the tree keeps its own slots
+        alloc.free(slots[:dup])
+    pin(tree, info, last)
+    info.host_kv = info.host_tokens = None
+    return n

@@ -19,9 +19,14 @@ from srt_ext.engines.sglang.state import table
 logger = logging.getLogger(__name__)
 
 
-def stream_output_after(result: Any, streamer: Any, reqs: list, *a: Any, **k: Any) -> Any:
-    """AFTER ``SchedulerOutputStreamer.stream_output``: forget finished streams."""
+def stream_output_around(original: Any, streamer: Any, reqs: list, *a: Any, **k: Any) -> Any:
+    """AROUND ``SchedulerOutputStreamer.stream_output``: partial streams of the
+    step have no output (SGLang skips only its one chunked request), and a
+    finished stream's entry ends here."""
     t = table()
+    if t.unsampled:
+        reqs = [r for r in reqs if r.rid not in t.unsampled]
+    result = original(streamer, reqs, *a, **k)
     if t.streams:
         for req in reqs:
             if req.finished() and req.rid in t.streams:
@@ -46,9 +51,14 @@ def abort_request_after(result: Any, scheduler: Any, recv_req: Any, *a: Any, **k
     from srt_ext.engines.sglang.messages import release_parked
 
     t = table()
+    hit = lambda rid: recv_req.abort_all or (recv_req.rid and rid.startswith(recv_req.rid))  # noqa: E731
     for rid in list(t.parked):
-        if recv_req.abort_all or (recv_req.rid and rid.startswith(recv_req.rid)):
+        if hit(rid):
             release_parked(scheduler, rid, "aborted")
+    for rid in t.unsampled:  # in a forward: released once its step settles
+        info = t.streams.get(rid)
+        if info is not None and hit(rid):
+            info.aborted = True
     return result
 
 

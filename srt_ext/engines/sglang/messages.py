@@ -84,6 +84,8 @@ def _find_req(scheduler: Any, rid: str) -> tuple[Any, str]:
     t = table()
     if rid in t.parked:
         return t.parked[rid], "parked"
+    if rid in t.unsampled:  # admitted with partial input, its step not settled yet
+        return t.unsampled[rid], "inflight"
     for req in scheduler.waiting_queue:
         if req.rid == rid:
             return req, "queued"
@@ -169,6 +171,9 @@ def handle_stream_abort(scheduler: Any, msg: StreamAbortReq) -> StreamChunkOutpu
         return StreamChunkOutput(rid=rid, error="unknown stream", status=404)
     req, _ = _find_req(scheduler, rid)
     n = len(req.origin_input_ids) if req is not None else 0
+    if rid in t.unsampled:  # in none of SGLang's queues: released once its step settles
+        info.aborted = True
+        return StreamChunkOutput(rid=rid, input_tokens=n)
     release_parked(scheduler, rid, "aborted by the client")
     if rid in t.streams:  # queued or in a forward: SGLang's own abort path
         t.forget(rid)
@@ -212,6 +217,8 @@ def handle_stream_stats(scheduler: Any, msg: StreamStatsReq) -> StreamStatsOutpu
         "tokens_invalidated": t.tokens_invalidated,
         "preemptions_recompute": t.decisions["recompute"],
         "preemptions_swap": t.decisions["swap"],
+        "swap_out_tokens": t.swapped_out_tokens,
+        "swap_in_tokens": t.swapped_in_tokens,
     }
     return StreamStatsOutput(rid=msg.rid, stats=stats)
 

@@ -6,10 +6,13 @@ backend (``--radix-cache-backend stream2llm``) and these hooks:
 
 * AFTER  ``Scheduler.init_request_dispatcher``: add the stream message handlers.
 * REPLACE ``Scheduler.get_prefill_adder_class``: ``StreamPrefillAdder``.
+* AROUND ``Scheduler.get_next_batch_to_run``: partial streams leave the batch and
+  are parked, idle streams give way under memory pressure (``steps``).
 * AFTER  ``SchedulePolicy.calc_priority``: re-sort the waiting queue by our policy.
 * REPLACE ``ScheduleBatch._get_decode_retraction_order``: our victim order.
 * AROUND ``ScheduleBatch.retract_decode``: count recompute/swap decisions.
-* AFTER  ``SchedulerOutputStreamer.stream_output``, ``Scheduler.send_abort_output``,
+* AROUND ``SchedulerOutputStreamer.stream_output`` (partial rows send nothing);
+  AFTER ``Scheduler.send_abort_output``,
   ``Scheduler.abort_request``; AROUND ``Scheduler.flush_cache``: a stream's
   entry ends with its request, parked streams are abortable and never flushed
   (``lifecycle``).
@@ -50,14 +53,16 @@ def hooks() -> list[tuple[str, Callable, str]]:
     from srt_ext.engines.sglang.adder import calc_priority_after, get_prefill_adder_class
     from srt_ext.engines.sglang.frontend import tokenizer_dispatcher_after
     from srt_ext.engines.sglang.retract import retract_decode_around, stream_retraction_order
+    from srt_ext.engines.sglang.steps import next_batch_around
 
     return [
         (f"{SCHED}.init_request_dispatcher", _after_init_dispatcher, "AFTER"),
         (f"{SCHED}.get_prefill_adder_class", get_prefill_adder_class, "REPLACE"),
+        (f"{SCHED}.get_next_batch_to_run", next_batch_around, "AROUND"),
         (f"{POLICY}.calc_priority", calc_priority_after, "AFTER"),
         (f"{BATCH}._get_decode_retraction_order", stream_retraction_order, "REPLACE"),
         (f"{BATCH}.retract_decode", retract_decode_around, "AROUND"),
-        (f"{STREAMER}.stream_output", lifecycle.stream_output_after, "AFTER"),
+        (f"{STREAMER}.stream_output", lifecycle.stream_output_around, "AROUND"),
         (f"{SCHED}.send_abort_output", lifecycle.send_abort_output_after, "AFTER"),
         (f"{SCHED}.abort_request", lifecycle.abort_request_after, "AFTER"),
         (f"{SCHED}.flush_cache", lifecycle.flush_cache_around, "AROUND"),

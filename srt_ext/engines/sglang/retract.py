@@ -6,18 +6,19 @@ keeping and pops victims from the end until decode memory fits. Replacing that
 staticmethod (``HookType.REPLACE``) puts our policy in charge of the order; the
 lowest-ranked request (largest key, or ``victim_key``) is retracted first.
 
-How a victim gives up its KV is not a per-request choice in 0.5.23 outside
-decode disaggregation: ``release_req`` frees it (recompute) unless the server
-runs ``--disaggregation-mode decode`` with a host-pool retraction backup (swap).
-``retract_mode`` gives our cost-model decision for the victim's cached tokens,
-and ``retract_decode_around`` records it; docs/sglang-engine.md says what a GPU
-session must add to act on "swap" in a single server.
+A retracted decode request gives up its KV by SGLang's ``release_req``, i.e.
+it is recomputed; ``retract_decode_around`` counts each as what ran. Idle
+streams (parked, or queued with their path pinned) are preempted before SGLang
+has to retract anyone, and those get recompute or a real swap by the cost model
+(``pressure``). ``retract_mode`` is the cost-model choice for a victim's cached
+tokens, the same rule.
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
+from srt_ext.engines.sglang.pressure import rule
 from srt_ext.engines.sglang.state import StreamTable, table
 
 
@@ -25,15 +26,7 @@ def stream_retraction_order(reqs: list[Any], t: StreamTable | None = None) -> li
     """Indices of ``reqs``, most worth keeping first (SGLang pops from the end)."""
     t = t or table()
     now = t.clock()
-
-    def rank(i: int) -> tuple:
-        req = reqs[i]
-        s = t.as_stream(req)
-        vk = t.policy.victim_key(s, now)
-        # ascending victim_key = evicted first; reverse priority otherwise
-        return tuple(-x for x in vk) if vk is not None else t.policy.key(s, now)
-
-    return sorted(range(len(reqs)), key=rank)
+    return sorted(range(len(reqs)), key=lambda i: t.victim_rank(reqs[i], now), reverse=True)
 
 
 def cached_tokens(req: Any) -> int:
@@ -42,19 +35,14 @@ def cached_tokens(req: Any) -> int:
 
 
 def retract_mode(req: Any, t: StreamTable | None = None) -> Literal["recompute", "swap"]:
-    t = t or table()
-    if t.cost_model is None:
-        return "recompute"
     n = cached_tokens(req)
-    return "recompute" if t.cost_model.prefill_s(n) < t.cost_model.swap_s(n) else "swap"
+    return rule(t or table()).choose(n, n)
 
 
 def retract_decode_around(original: Any, batch: Any, *args: Any, **kwargs: Any) -> Any:
-    """``HookType.AROUND`` on ``ScheduleBatch.retract_decode``: note each victim's
-    cost-model decision (before release resets its KV counters)."""
+    """``HookType.AROUND`` on ``ScheduleBatch.retract_decode``: count each victim
+    as what SGLang ran for it, a recompute."""
     t = table()
-    modes = {req.rid: retract_mode(req, t) for req in batch.reqs}
     retracted, ratio, aborted = original(batch, *args, **kwargs)
-    for req in retracted:
-        t.decisions[modes[req.rid]] += 1
+    t.decisions["recompute"] += len(retracted)
     return retracted, ratio, aborted

@@ -16,11 +16,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from scheduler.cost_model import CostModel
+from scheduler.planning import Planner
 from scheduler.policies import Key, Policy
 from scheduler.registry import get_policy
 from scheduler.stream import Mode, Stream
 
 POLICY_ENV = "STREAM2LLM_POLICY"
+PREEMPTION_ENV = "STREAM2LLM_PREEMPTION"  # cost | recompute | swap
 ONESHOT_ATTR = "_stream2llm_oneshot"  # pseudo-stream of a one-shot Req, kept on the Req
 COST_MODEL_ENV = "STREAM2LLM_COST_MODEL"
 
@@ -44,6 +46,11 @@ class StreamInfo:
     parked: bool = False  # all received input computed, waiting for a chunk
     pending_input: Any = None  # update that arrived while the req was in a forward
     tokens_invalidated: int = 0
+    # swapped out while parked: SGLang's host copy of the pinned path's KV
+    # (``get_cpu_copy``) and the path's tokens; restored before admission
+    host_kv: Any = None
+    host_tokens: Any = None
+    aborted: bool = False  # while in a forward: released once its step settles
 
     def note_chunk(self, now: float, final: bool) -> None:
         if self.first_chunk_s is None:
@@ -70,10 +77,20 @@ class StreamTable:
     clock: Any = time.monotonic
     streams: dict[str, StreamInfo] = field(default_factory=dict)
     parked: dict[str, Any] = field(default_factory=dict)  # rid -> Req out of SGLang's queues
+    # rid -> Req admitted with partial input: in a forward, unsampled, not yet parked
+    unsampled: dict[str, Any] = field(default_factory=dict)
+    holds_off: bool = False  # this step nothing else can run: holds are lifted
     scheduler: Any = None
+    # preemptions executed, by how (not merely decided)
     decisions: dict[str, int] = field(default_factory=lambda: {"recompute": 0, "swap": 0})
+    preemption: str = field(default_factory=lambda: os.environ.get(PREEMPTION_ENV, "cost"))
+    swapped_out_tokens: int = 0
+    swapped_in_tokens: int = 0
     tokens_invalidated: int = 0  # all streams, for /v1/stats
     _seq: Any = field(default_factory=itertools.count)
+
+    def __post_init__(self) -> None:
+        self.planner = Planner(self.policy)
 
     def open(self, rid: str, mode: Mode, final: bool = False) -> StreamInfo:
         now = self.clock()
@@ -115,6 +132,20 @@ class StreamTable:
 
     def key(self, req: Any, now: float | None = None) -> Key:
         return self.policy.key(self.as_stream(req), self.clock() if now is None else now)
+
+    def victim_rank(self, req: Any, now: float) -> tuple:
+        """Ascending = preempted first: the policy's ``victim_key``, else reverse
+        priority (the paper's rule), as the simulator's preemption walk."""
+        s = self.as_stream(req)
+        vk = self.policy.victim_key(s, now)
+        return tuple(vk) if vk is not None else tuple(-x for x in self.policy.key(s, now))
+
+    def planned_partial(self, req: Any, n: int, planned: int) -> int:
+        """Tokens of ``req``'s partial input to prefill now, of ``n`` that fit: the
+        planner's hold and per-step cap (``planned`` partial tokens already
+        admitted this step), the same rule the simulator walks."""
+        return self.planner.cap(self.as_stream(req), n, self.clock(), planned,
+                                holds=not self.holds_off)  # fmt: skip
 
     def forget(self, rid: str) -> StreamInfo | None:
         self.parked.pop(rid, None)
