@@ -32,6 +32,7 @@ from srt_ext.engines.sglang.messages import (
     StreamStatsOutput,
     StreamStatsReq,
 )
+from stream2llm.lcp import common_prefix_len
 
 KEEP_RESULTS = 10_000  # finished streams whose result stays readable (as the reference)
 REPLY_TIMEOUT_S = 30.0
@@ -44,6 +45,32 @@ class StreamHTTPError(Exception):
     def __init__(self, status: int, reason: str) -> None:
         super().__init__(reason)
         self.status, self.reason = status, reason
+
+
+class HFEncoder:
+    """``encode(text, first)`` over a Hugging Face tokenizer: special tokens (BOS,
+    or a WordPiece model's [CLS] ... [SEP]) only for text that starts the input."""
+
+    def __init__(self, hf_tokenizer: Any) -> None:
+        self.hf = hf_tokenizer
+
+    def encode(self, text: str, first: bool = False) -> list[int]:
+        return list(self.hf.encode(text, add_special_tokens=first)) if text or first else []
+
+
+@dataclass
+class TextTail:
+    """The input's text since its last token-id chunk, and that text's ids.
+
+    An append of text re-tokenizes the tail with the new text, so the input's ids
+    are always those of the whole text however it was split: where the boundary
+    changed the last tokens (a word cut in two, a space that joins the next
+    token), the scheduler cuts them as an LCP cut and appends the new ones."""
+
+    start: int = 0  # index of the tail's first token in the input
+    first: bool = True  # the tail starts the input (the BOS rule)
+    text: str = ""
+    ids: list[int] = field(default_factory=list)
 
 
 @dataclass(eq=False)
@@ -60,6 +87,7 @@ class HttpStream:
     final: bool = False
     final_t: float | None = None
     input_tokens: int = 0
+    tail: TextTail = field(default_factory=TextTail)
     first_token_t: float | None = None
     done_t: float | None = None
     out: dict[str, Any] | None = None  # latest cumulative output from SGLang
@@ -79,9 +107,10 @@ class HttpStream:
 class StreamFrontend:
     """Stream calls on top of one ``TokenizerManager``."""
 
-    def __init__(self, tm: Any, tokenizer: Any = None) -> None:
+    def __init__(self, tm: Any, tokenizer: Any = None, encoder: Any = None) -> None:
         self.tm = tm
         self._tok = tokenizer
+        self._encoder = encoder
         self.streams: dict[str, HttpStream] = {}
         self.finished: OrderedDict[str, HttpStream] = OrderedDict()
         self.waiters: dict[str, asyncio.Future] = {}
@@ -109,6 +138,15 @@ class StreamFrontend:
 
     # ---- tokens ---------------------------------------------------------------------
     @property
+    def encoder(self) -> Any:
+        """Text -> ids as SGLang's own ``/generate`` tokenizes it (the TM's HF
+        tokenizer, special tokens for a text that starts the input), so a streamed
+        text and a one-shot request of the same text get the same ids."""
+        if self._encoder is None:
+            self._encoder = HFEncoder(self.tm.tokenizer)
+        return self._encoder
+
+    @property
     def tok(self) -> Any:
         if self._tok is None:
             from sglang.srt.runtime_context import get_serving
@@ -123,7 +161,22 @@ class StreamFrontend:
             if any(t >= self.tok.vocab_size for t in ids):
                 raise StreamHTTPError(400, f"token id out of range (vocab size {self.tok.vocab_size})")
             return list(ids)
-        return self.tok.encode(text or "", first=first)
+        return self.encoder.encode(text or "", first=first)
+
+    def append_ids(self, st: HttpStream, text: str | None,
+                   ids: list[int] | None) -> tuple[list[int], int | None, TextTail]:  # fmt: skip
+        """(ids to append, tokens of the input to keep first or None for all, the
+        text tail after this chunk) for an append-mode chunk; the caller commits
+        the tail once the scheduler took the chunk."""
+        if ids is not None:
+            ids = self.ids(None, ids, first=False)
+            return ids, None, TextTail(start=st.input_tokens + len(ids), first=False)
+        tail = st.tail
+        full = self.encoder.encode(tail.text + (text or ""), first=tail.first)
+        lcp = common_prefix_len(tail.ids, full)
+        keep = tail.start + lcp
+        new_tail = TextTail(tail.start, tail.first, tail.text + (text or ""), full)
+        return full[lcp:], (None if keep == st.input_tokens else keep), new_tail
 
     def get(self, rid: str) -> HttpStream:
         st = self.streams.get(rid) or self.finished.get(rid)
@@ -133,7 +186,8 @@ class StreamFrontend:
 
     # ---- stream calls ----------------------------------------------------------------
     async def open(self, rid: str | None, mode: str, sampling: dict[str, Any],
-                   ids: list[int] | None, final: bool) -> StreamChunkOutput:  # fmt: skip
+                   ids: list[int] | None, final: bool,
+                   text: str | None = None) -> StreamChunkOutput:  # fmt: skip
         rid = rid or uuid.uuid4().hex
         if rid in self.streams or rid in self.finished or rid in self.tm.rid_to_state:
             raise StreamHTTPError(409, f"stream {rid} already exists")
@@ -143,6 +197,9 @@ class StreamFrontend:
             raise StreamHTTPError(400, "empty input")
         self.ensure_reaper()
         st = self.streams[rid] = HttpStream(rid, mode, sampling)
+        if ids:
+            st.tail = (TextTail(0, True, text, list(ids)) if text is not None
+                       else TextTail(start=len(ids), first=False))  # fmt: skip
         if final:
             st.final, st.final_t = True, st.created
         if not ids:  # opened without input: the scheduler hears of it with the first chunk
@@ -195,8 +252,12 @@ class StreamFrontend:
                 raise StreamHTTPError(409, f"stream {rid} already received its final chunk")
             if mode is not None and mode != st.mode:
                 raise StreamHTTPError(409, f"stream {rid} is in {st.mode} mode; this chunk says {mode}")
-            new = self.ids(text, ids, first=st.mode == "update" or st.input_tokens == 0)
-            if not new and (not final or st.mode == "update" or not st.sent):
+            keep, tail = None, None
+            if st.mode == "append":
+                new, keep, tail = self.append_ids(st, text, ids)
+            else:
+                new = self.ids(text, ids, first=True)
+            if not new and keep is None and (not final or st.mode == "update" or not st.sent):
                 raise StreamHTTPError(400, "empty chunk")
             if sampling is not None and not final:
                 raise StreamHTTPError(400, "sampling_params may only come with the final chunk")
@@ -207,10 +268,12 @@ class StreamFrontend:
             else:
                 sp = self._sampling_params(sampling) if sampling is not None else None
                 reply = await self.call(StreamChunkReq(rid=rid, input_ids=new, final=final,
-                                                       sampling_params=sp))  # fmt: skip
+                                                       keep=keep, sampling_params=sp))  # fmt: skip
                 if reply.error is not None:
                     raise StreamHTTPError(reply.status, reply.error)
             st.input_tokens = reply.input_tokens
+            if tail is not None:
+                st.tail = tail
             if final:
                 st.final, st.final_t = True, time.monotonic()
             return reply

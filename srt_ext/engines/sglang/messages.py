@@ -46,6 +46,9 @@ class StreamChunkReq(BaseReq, kw_only=True):  # type: ignore[call-arg]  # untype
 
     input_ids: list[int]
     final: bool = False
+    # append mode: keep this many tokens of the input before appending (None: all).
+    # Text chunks are re-tokenized across the boundary; the changed tail is cut.
+    keep: int | None = None
     # Only with the final chunk: replaces the parameters given at open (normalized
     # and verified by the tokenizer manager, as SGLang does for /generate).
     sampling_params: SamplingParams | None = None
@@ -116,6 +119,15 @@ def handle_stream_open(scheduler: Any, msg: StreamOpenReq) -> StreamChunkOutput:
     return StreamChunkOutput(rid=rid, input_tokens=len(info.req.origin_input_ids))
 
 
+def _next_version(mode: str, base: array, new: array, keep: int | None) -> array:
+    """The whole input after a chunk: an update replaces it; an append extends it,
+    after cutting it to ``keep`` tokens when the tokenizer side re-tokenized the
+    text across the chunk boundary (the last tokens of the old text changed)."""
+    if mode == "update":
+        return new
+    return (base if keep is None else base[:keep]) + new
+
+
 def handle_stream_chunk(scheduler: Any, msg: StreamChunkReq) -> StreamChunkOutput:
     t = table()
     info = t.streams.get(msg.rid or "")
@@ -127,23 +139,29 @@ def handle_stream_chunk(scheduler: Any, msg: StreamChunkReq) -> StreamChunkOutpu
     if req is None:
         return StreamChunkOutput(rid=msg.rid, error="stream is not live", status=410)
     tree = scheduler.tree_cache
-    new = array("q", msg.input_ids)
-    total = len(new) + (len(req.origin_input_ids) if info.mode == "append" else 0)
+    base = info.pending_input if info.pending_input is not None else req.origin_input_ids
+    if msg.keep is not None and not 0 <= msg.keep <= len(base):
+        return StreamChunkOutput(rid=msg.rid, status=400,
+                                 error=f"keep={msg.keep} outside the input (0..{len(base)})")  # fmt: skip
+    version = _next_version(info.mode, base, array("q", msg.input_ids), msg.keep)
     limit = getattr(scheduler, "max_req_input_len", None)
-    if limit is not None and total >= limit:
+    if limit is not None and len(version) >= limit:
         return StreamChunkOutput(rid=msg.rid, status=400, error=(
-            f"input length ({total} tokens) exceeds the maximum allowed length ({limit} tokens)"))
+            f"input length ({len(version)} tokens) exceeds the maximum allowed length ({limit} tokens)"))
     if msg.sampling_params is not None:
         req.sampling_params = msg.sampling_params  # not sampled yet: safe to replace
     invalidated = 0
-    if info.mode == "append":
-        kv.set_input(req, req.origin_input_ids + new)
+    origin = req.origin_input_ids
+    lcp = common_prefix_len(origin, version)
+    if info.pending_input is None and lcp == len(origin):
+        kv.set_input(req, version)  # a pure extension: safe even during a forward
     elif where == "inflight":
-        info.pending_input = new  # applied when the adder parks it between steps
+        info.pending_input = version  # the cut is applied when its step settles
     else:
-        if info.pin is not None:
-            invalidated = kv.cut_to(tree, info, common_prefix_len(req.origin_input_ids, new))
-        kv.set_input(req, new)
+        invalidated = kv.cut_to(tree, info, lcp)
+        if info.host_tokens is not None and lcp < len(info.host_tokens):
+            info.host_kv = info.host_tokens = None  # a swapped path past the cut: recompute
+        kv.set_input(req, version)
     info.tokens_invalidated += invalidated
     t.tokens_invalidated += invalidated
     info.note_chunk(t.clock(), msg.final)

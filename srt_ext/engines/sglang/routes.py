@@ -137,7 +137,7 @@ def add_stream_routes(app: FastAPI) -> None:
             has_input = body.text is not None or body.input_ids is not None
             ids = fe.ids(body.text, body.input_ids, first=True) if has_input else None
             out = await fe.open(body.rid, body.mode, sglang_sampling(body.sampling_params),
-                                ids, body.final)  # fmt: skip
+                                ids, body.final, text=body.text)  # fmt: skip
             return _json(_ack(out.rid, out), 201)
 
         return await _guard(run())
