@@ -99,7 +99,8 @@ def launch_server(host: str = "127.0.0.1", port: int = 0, subprocess: bool = Fal
             with _free_socket(host) as s:
                 port = s.getsockname()[1]
         w = o.worker
-        argv = [sys.executable, "-m", "stream2llm.cli", "serve", "--host", host, "--port", str(port),
+        argv = [sys.executable, "-m", "stream2llm.cli", "serve", "--engine", "reference",
+                "--host", host, "--port", str(port),
                 "--max-total-tokens", str(w.max_total_tokens), "--scheduler", w.policy,
                 "--preemption", w.preemption, "--token-budget", str(w.token_budget),
                 "--device", w.device, "--threads", str(w.threads)]  # fmt: skip

@@ -90,7 +90,7 @@ def prefill_pair():
     """`stream2llm serve` as a decode server and its prefill server (children)."""
     with _free_socket("127.0.0.1") as s1, _free_socket("127.0.0.1") as s2:
         port, boot = s1.getsockname()[1], f"tcp://127.0.0.1:{s2.getsockname()[1]}"
-    base = [sys.executable, "-m", "stream2llm.cli", "serve", "--threads", "1",
+    base = [sys.executable, "-m", "stream2llm.cli", "serve", "--engine", "reference", "--threads", "1",
             "--max-total-tokens", "1024", "--log-level", "warning"]  # fmt: skip
     dec = subprocess.Popen(base + ["--disaggregation-mode", "decode", "--bootstrap", boot])
     pre = subprocess.Popen(base + ["--port", str(port), "--shutdown-grace", "3",

@@ -155,7 +155,8 @@ def serve_proc():
     starts: its imports (~10-40 s on a busy machine) overlap the other tests."""
     with _free_socket("127.0.0.1") as sock:
         port = sock.getsockname()[1]
-    argv = [sys.executable, "-m", "stream2llm.cli", "serve", "--port", str(port), "--threads", "1",
+    argv = [sys.executable, "-m", "stream2llm.cli", "serve", "--engine", "reference",
+            "--port", str(port), "--threads", "1",
             "--model-path", "tiny-random",
             "--max-total-tokens", "1024", "--shutdown-grace", "3", "--log-level", "warning"]
     h = ServerHandle(f"http://127.0.0.1:{port}", None, proc=subprocess.Popen(argv))

@@ -18,10 +18,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser("serve", help="run the REST API server (streams, /generate, OpenAI)")
     p.add_argument("--model-path", default=w.model_path,
                    help="model: smollm2-135m-instruct (default, converted once on first use), tiny-random, or a Llama-architecture HF checkpoint dir")
-    p.add_argument("--engine", choices=("reference", "sglang"), default="reference",
-                   help="reference: our server, scheduler and model forward over SGLang's KV "
-                        "pool; sglang: SGLang's own server and scheduler with our tree and "
-                        "hooks (docs/sglang-engine.md)")  # fmt: skip
+    p.add_argument("--engine", choices=("sglang", "reference"), default="sglang",
+                   help="sglang (default): SGLang's own server, scheduler and model runner "
+                        "with our tree and hooks (docs/sglang-engine.md); reference: the "
+                        "retiring PyTorch engine, still behind disaggregation and the cluster")  # fmt: skip
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=30000)
     p.add_argument("--max-total-tokens", type=int, default=w.max_total_tokens, help="KV pool size in tokens")
@@ -81,7 +81,8 @@ def check_args(args: argparse.Namespace) -> str | None:
     """Why these options cannot run here (None when they can)."""
     if args.engine == "sglang":
         if args.disaggregation_mode != "null":
-            return "--engine sglang: use SGLang's own --disaggregation-mode (not wired here)"
+            return ("--disaggregation-mode runs on --engine reference only, until SGLang's own "
+                    "prefill/decode servers carry streams")  # fmt: skip
         if args.device == "cpu":
             import importlib.util
 

@@ -96,7 +96,9 @@ class Cluster:
 
     # ---- the children ----------------------------------------------------------------
     def _serve(self, *args: str) -> list[str]:
-        return [sys.executable, "-m", "stream2llm.cli", "serve", "--host", self.spec.host,
+        # replicas are reference servers until the cluster runs SGLang's (issue 20)
+        return [sys.executable, "-m", "stream2llm.cli", "serve", "--engine", "reference",
+                "--host", self.spec.host,
                 "--threads", str(self.spec.threads), "--log-level", "warning",
                 "--shutdown-grace", f"{self.spec.shutdown_grace:g}", *args]  # fmt: skip
 
