@@ -16,6 +16,7 @@ import sys
 COMMANDS: dict[str, str] = {
     "bench-radix": "eval.bench_radix",
     "bench-cpu": "eval.bench_cpu",
+    "bench-streams": "eval.bench_streams",
     "sim": "eval.sim_cli",
     "replay": "eval.replay",
     "validate": "eval.validate",
