@@ -80,6 +80,11 @@ def cpu_list(text: str) -> tuple[int, ...]:
 def check_args(args: argparse.Namespace) -> str | None:
     """Why these options cannot run here (None when they can)."""
     if args.engine == "sglang":
+        from srt_ext.engines.sglang.serve import refused
+
+        why = refused(args, _defaults())
+        if why:
+            return why
         if args.disaggregation_mode != "null":
             return ("--disaggregation-mode runs on --engine reference only, until SGLang's own "
                     "prefill/decode servers carry streams")  # fmt: skip
@@ -114,6 +119,12 @@ def check_args(args: argparse.Namespace) -> str | None:
     except ValueError as exc:
         return str(exc)
     return None
+
+
+def _defaults() -> argparse.Namespace:
+    """What `stream2llm serve` parses with no options (each option's default)."""
+    sub = argparse.ArgumentParser().add_subparsers()
+    return add_parser(sub).parse_args([])
 
 
 def server_options(args: argparse.Namespace) -> Any:

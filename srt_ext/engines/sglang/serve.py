@@ -16,14 +16,46 @@ from typing import Any
 
 from srt_ext.engines.sglang.launch import SGLangServer, SGLangServerConfig, SGLangStartupError
 
+# `serve` options SGLang's engine cannot honour yet: refused unless left at their
+# default (value -> why), never silently dropped
+REFUSED: dict[str, str] = {
+    "api_key_file": "several keys (per-key limits) are not enforced on SGLang's server yet; "
+                    "use --api-key, or --engine reference",
+    "max_streams_per_client": "per-client stream limits are not enforced on SGLang's server yet",
+    "max_input_tokens": "use SGLang's context length (--max-total-tokens bounds the input)",
+    "worker_cpus": "SGLang's processes are not pinned to CPUs yet",
+    "reader_disconnect": "a result reader leaving never aborts a stream on SGLang's server yet",
+    "max_body_bytes": "SGLang's server has no body-size limit of ours yet",
+    "max_worker_restarts": "SGLang's scheduler is not restarted by us (reference worker option)",
+    "restart_backoff": "SGLang's scheduler is not restarted by us (reference worker option)",
+    "shutdown_grace": "SGLang's server stops at once on SIGTERM (no drain yet)",
+}
+DTYPES = {"auto": None, "float32": "float32", "bfloat16": "bfloat16"}  # SGLang --dtype
+
+
+def refused(args: argparse.Namespace, defaults: argparse.Namespace) -> str | None:
+    """Why these options cannot run on SGLang's engine (None when they can)."""
+    for name, why in REFUSED.items():
+        if getattr(args, name, None) != getattr(defaults, name, None):
+            return f"--{name.replace('_', '-')} on --engine sglang: {why}"
+    if args.dtype not in DTYPES:
+        return f"--dtype {args.dtype} on --engine sglang: SGLang serves auto, float32, bfloat16"
+    return None
+
 
 def config_from_args(args: argparse.Namespace) -> SGLangServerConfig:
-    """Map the ``serve`` options onto SGLang's server flags."""
+    """Map the ``serve`` options onto SGLang's server flags and the environment our
+    hooks read in SGLang's processes (the ones ``refused`` lets through)."""
+    env = {"STREAM2LLM_PREEMPTION": args.preemption,
+           "STREAM2LLM_STREAM_IDLE_TIMEOUT": f"{args.stream_idle_timeout or 0:g}"}  # fmt: skip
+    if args.cost_model:
+        env["STREAM2LLM_COST_MODEL"] = args.cost_model
+    dtype = DTYPES.get(args.dtype)
     return SGLangServerConfig(
         model_path=args.model_path, host=args.host, port=args.port, device=args.device,
         max_total_tokens=args.max_total_tokens, chunked_prefill_size=args.token_budget,
         policy=args.scheduler, api_key=args.api_key, log_level=args.log_level,
-        threads=args.threads,
+        threads=args.threads, env=env, extra_args=["--dtype", dtype] if dtype else [],
     )  # fmt: skip
 
 
