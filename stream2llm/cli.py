@@ -17,6 +17,7 @@ COMMANDS: dict[str, str] = {
     "bench-radix": "eval.bench_radix",
     "bench-cpu": "eval.bench_cpu",
     "bench-streams": "eval.bench_streams",
+    "bench-realtime": "eval.bench_realtime",
     "sim": "eval.sim_cli",
     "replay": "eval.replay",
     "validate": "eval.validate",

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ValidationError
 
 from srt_ext.api.models import ChunkRequest, OpenStreamRequest, SamplingParamsModel
 from srt_ext.engines.sglang.frontend import HttpStream, StreamFrontend, StreamHTTPError
+from srt_ext.engines.sglang.realtime import add_realtime_route
 
 _MARK = "stream2llm_routes"
 logger = logging.getLogger(__name__)
@@ -180,3 +181,4 @@ def add_stream_routes(app: FastAPI) -> None:
     app.add_api_route("/v1/streams/{rid}/result", result, methods=["GET"])
     app.add_api_route("/v1/streams/{rid}", abort, methods=["DELETE"])
     app.add_api_route("/v1/stats", stats, methods=["GET"])
+    add_realtime_route(app)  # /v1/realtime (OpenAI Realtime, text): realtime.py
