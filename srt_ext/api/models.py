@@ -108,6 +108,98 @@ class ChunkRequest(_Input):
     sampling_params: SamplingParamsModel | None = None
 
 
+GRAMMAR_FIELDS = ("regex", "json_schema", "ebnf", "structural_tag")
+
+
+class SGLangSamplingParamsModel(BaseModel):
+    """Every API field of SGLang's ``SamplingParams`` (what its ``/generate`` takes),
+    for the stream routes on SGLang's engine.
+
+    Types are checked here (422 naming the field, unknown fields included: a typo
+    must not be silently ignored); values are checked by SGLang itself
+    (``SamplingParams.verify`` in its tokenizer manager: 400 with its reason).
+    Defaults are our API's (docs/api.md), which the reference engine shares:
+    16 new tokens, greedy. ``seed`` is our name for ``sampling_seed``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_new_tokens: int | None = 16
+    stop: str | list[str] | None = None
+    stop_token_ids: list[int] | None = None
+    stop_regex: str | list[str] | None = None
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = -1  # -1 or 0 = off (SGLang wants -1)
+    min_p: float = 0.0
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    min_new_tokens: int = 0
+    n: int = 1
+    beam_width: int | None = None
+    json_schema: str | None = None
+    regex: str | None = None
+    ebnf: str | None = None
+    structural_tag: str | None = None
+    ignore_eos: bool = False
+    skip_special_tokens: bool = True
+    spaces_between_special_tokens: bool = True
+    no_stop_trim: bool = False
+    stream_interval: int | None = None
+    logit_bias: dict[str, float] | None = None
+    sampling_seed: int | None = None
+    seed: int | None = None
+    custom_params: dict[str, Any] | None = None
+    watermark: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _one_seed(self) -> SGLangSamplingParamsModel:
+        if None not in (self.seed, self.sampling_seed) and self.seed != self.sampling_seed:
+            raise ValueError("seed and sampling_seed differ (give one of them)")
+        return self
+
+    def stream_error(self) -> str | None:
+        """Why a stream cannot sample this (None when it can). A stream has one
+        output (SGLang's ``n``/``beam_width`` would fan it out). Grammars are
+        refused on streams for now: SGLang compiles one when it queues a request
+        (its grammar queue, which our stream handlers do not follow yet) and never
+        for sampling params replaced by a final chunk, so it would be ignored;
+        ``/generate`` takes them."""
+        if self.n != 1:
+            return f"n={self.n}: a stream has one output (open one stream per sample)"
+        if self.beam_width not in (None, 1):
+            return f"beam_width={self.beam_width}: beam search is not supported on streams"
+        grammar = [k for k in GRAMMAR_FIELDS if getattr(self, k) is not None]
+        if grammar:
+            return (f"{', '.join(grammar)}: constrained decoding is not supported on streams "
+                    "yet (use /generate)")  # fmt: skip
+        return None
+
+    def sglang(self) -> dict[str, Any]:
+        """SGLang's ``sampling_params`` dict: the fields set or defaulted by us, under
+        SGLang's names (``seed`` -> ``sampling_seed``, ``top_k`` 0 -> -1)."""
+        out = self.model_dump(exclude_none=True, exclude={"seed", "n", "beam_width"})
+        out["top_k"] = self.top_k if self.top_k > 0 else -1
+        seed = self.seed if self.seed is not None else self.sampling_seed
+        if seed is not None:
+            out["sampling_seed"] = seed
+        if self.stop_token_ids is not None:
+            out["stop_token_ids"] = [t for t in self.stop_token_ids if t >= 0]
+        return out
+
+
+class SGLangOpenStreamRequest(OpenStreamRequest):
+    """``POST /v1/streams`` on SGLang's engine: SGLang's whole sampling vocabulary."""
+
+    sampling_params: SGLangSamplingParamsModel = Field(default_factory=SGLangSamplingParamsModel)
+
+
+class SGLangChunkRequest(ChunkRequest):
+    """``POST /v1/streams/{rid}/chunks`` on SGLang's engine."""
+
+    sampling_params: SGLangSamplingParamsModel | None = None
+
+
 class GenerateRequest(_Input):
     """SGLang's /generate body (one prompt; batches are not supported)."""
 

@@ -82,12 +82,9 @@ def check_args(args: argparse.Namespace) -> str | None:
     if args.engine == "sglang":
         from srt_ext.engines.sglang.serve import refused
 
-        why = refused(args, _defaults())
+        why = refused(args, _defaults())  # one table: engines/sglang/serve.py OPTIONS
         if why:
             return why
-        if args.disaggregation_mode != "null":
-            return ("--disaggregation-mode runs on --engine reference only, until SGLang's own "
-                    "prefill/decode servers carry streams")  # fmt: skip
         if args.device == "cpu":
             import importlib.util
 

@@ -13,6 +13,8 @@ branch on a status code, not on parsing bodies.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncGenerator, Iterator
 from typing import Any, NamedTuple
 
@@ -46,18 +48,33 @@ def _check(r: httpx.Response) -> Any:
 
 
 FLUSH_WAIT_S = 30.0
+FLUSH_RETRY_S = 0.5  # pause between two refused flushes
+
+
+class FlushRefused(ServerError):
+    """``/flush_cache`` was refused because the cache is in use: SGLang's server
+    flushes only when no request is queued or running and no stream is parked
+    (a parked stream's KV is pinned in the tree); ``reason`` is its answer."""
 
 
 def _flushed(r: httpx.Response) -> int | None:
-    """Tokens a ``/flush_cache`` freed: JSON from our server, text from SGLang's
-    (whose refusal, a 400 with its reason, raises ``ServerError``)."""
+    """Tokens a ``/flush_cache`` freed: JSON from our server (``flushed_tokens``),
+    plain text from SGLang's (None: it does not say). SGLang's refusal, a 400 with
+    a text reason, raises ``FlushRefused``; any other error ``ServerError``."""
+    if r.status_code == 400:
+        raise FlushRefused(400, r.text.strip() or "flush refused")
     if r.status_code >= 400:
-        raise ServerError(r.status_code, r.text.strip() or "flush refused")
+        _check(r)
     try:
         body = orjson.loads(r.content)
     except orjson.JSONDecodeError:
-        return None
-    return int(body["flushed_tokens"]) if isinstance(body, dict) else None
+        return None  # SGLang's "Cache flushed." text
+    return int(body["flushed_tokens"]) if isinstance(body, dict) and "flushed_tokens" in body else None
+
+
+def _flush_params(deadline: float) -> dict[str, float]:
+    """SGLang's ``timeout``: how long its scheduler may wait for idle (what is left)."""
+    return {"timeout": round(max(0.0, deadline - time.monotonic()), 3)}
 
 
 def _input(text: str | None, input_ids: list[int] | None) -> dict[str, Any]:
@@ -172,8 +189,16 @@ class Client:
     def flush_cache(self, wait_s: float = FLUSH_WAIT_S) -> int | None:
         """Drop cached prefixes no live request holds; returns the tokens freed
         where the server says (SGLang's answers in plain text: None). SGLang
-        refuses while requests are queued or running: it waits up to ``wait_s``."""
-        return _flushed(self.http.post("/flush_cache", params={"timeout": wait_s}))
+        refuses while the cache is in use: this asks again for up to ``wait_s``,
+        then raises ``FlushRefused`` with SGLang's reason."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                return _flushed(self.http.post("/flush_cache", params=_flush_params(deadline)))
+            except FlushRefused:
+                if time.monotonic() + FLUSH_RETRY_S > deadline:
+                    raise
+            time.sleep(FLUSH_RETRY_S)
 
     def health(self) -> bool:
         try:
@@ -239,7 +264,16 @@ class AsyncClient:
         return _check(await self.http.get("/v1/stats"))
 
     async def flush_cache(self, wait_s: float = FLUSH_WAIT_S) -> int | None:
-        return _flushed(await self.http.post("/flush_cache", params={"timeout": wait_s}))
+        """``Client.flush_cache``: asks again for up to ``wait_s``, then ``FlushRefused``."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                r = await self.http.post("/flush_cache", params=_flush_params(deadline))
+                return _flushed(r)
+            except FlushRefused:
+                if time.monotonic() + FLUSH_RETRY_S > deadline:
+                    raise
+            await asyncio.sleep(FLUSH_RETRY_S)
 
     async def health(self) -> bool:
         try:

@@ -30,6 +30,7 @@ from scheduler.stream import (
 )
 from srt_ext import messages as m
 from srt_ext.engines.reference.engine import ForwardItem, ReferenceEngine
+from srt_ext.stats_schema import EngineStats
 from srt_ext.worker.config import CoreConfig
 
 log = logging.getLogger("stream2llm.worker")
@@ -271,23 +272,21 @@ class WorkerCore:
 
     # ---- introspection -------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
+        """``/v1/stats`` (srt_ext/stats_schema.py: the keys SGLang's engine answers too)."""
         st = self.kv.stats()
         sc = self.sched.stats
-        return {
-            "kv_capacity_tokens": st.capacity,
-            "kv_used_tokens": st.used,
-            "kv_pinned_tokens": st.pinned + st.private,
-            "kv_evictable_tokens": st.evictable,
-            "kv_free_tokens": st.free,
-            "kv_host_tokens": st.host,
-            "streams_open": self.sched.live(),
-            "requests_running": sum(1 for s in self.sched.streams.values() if s.final),
-            "preemptions": {"recompute": sc["recompute"], "swap": sc["swap"]},
-            "tokens_invalidated": sc["tokens_invalidated"],
-            "swap_out_tokens": sc["swap_out_tokens"],
-            "swap_in_tokens": sc["swap_in_tokens"],
-            "steps": sc["steps"],
-            "engine_forward_s": round(self.forward_s, 6),
-            "engine_step_s": round(self.step_wall_s, 6),
-            "max_context_tokens": self.max_tokens,
-        }
+        streams = list(self.sched.streams.values())
+        waiting = sum(1 for s in streams if s.final and s.computed == 0 and not s.in_flight)
+        return EngineStats(
+            kv_capacity_tokens=st.capacity, kv_used_tokens=st.used, kv_free_tokens=st.free,
+            kv_pinned_tokens=st.pinned + st.private, kv_evictable_tokens=st.evictable,
+            kv_host_tokens=st.host, streams_open=self.sched.live(),
+            streams_parked=sum(1 for s in streams if not s.final and s.pending == 0),
+            requests_waiting=waiting,
+            requests_running=sum(1 for s in streams if s.final) - waiting,
+            tokens_invalidated=sc["tokens_invalidated"],
+            preemptions_recompute=sc["recompute"], preemptions_swap=sc["swap"],
+            swap_out_tokens=sc["swap_out_tokens"], swap_in_tokens=sc["swap_in_tokens"],
+            steps=sc["steps"], engine_forward_s=round(self.forward_s, 6),
+            engine_step_s=round(self.step_wall_s, 6), max_context_tokens=self.max_tokens,
+        ).as_dict()  # fmt: skip

@@ -16,14 +16,23 @@ function here patches into one SGLang class, and the file is read against it.)
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import sys
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from srt_ext.api.req_state import WorkerError
+from srt_ext.engines.sglang.http_policy import (
+    IDLE_ENV,
+    HttpPolicy,
+    check_input,
+    install_policy,
+)
 from srt_ext.engines.sglang.messages import (
     StreamAbortReq,
     StreamChunkOutput,
@@ -32,11 +41,13 @@ from srt_ext.engines.sglang.messages import (
     StreamStatsOutput,
     StreamStatsReq,
 )
+from srt_ext.stats_schema import EngineStats
 from stream2llm.lcp import common_prefix_len
 
 KEEP_RESULTS = 10_000  # finished streams whose result stays readable (as the reference)
 REPLY_TIMEOUT_S = 30.0
-IDLE_ENV = "STREAM2LLM_STREAM_IDLE_TIMEOUT"  # seconds; 0 disables (reference: 300)
+READER_POLL_S = 0.5  # how often a waiting result reader is checked for having left
+logger = logging.getLogger(__name__)
 
 
 class StreamHTTPError(Exception):
@@ -97,6 +108,7 @@ class HttpStream:
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     collector: asyncio.Task | None = None
+    client: str = ""  # who opened it (limits.client_key): --max-streams-per-client
 
     def bump(self) -> None:
         self.version += 1
@@ -115,7 +127,9 @@ class StreamFrontend:
         self.finished: OrderedDict[str, HttpStream] = OrderedDict()
         self.waiters: dict[str, asyncio.Future] = {}
         self.idle_timeout = float(os.environ.get(IDLE_ENV, "300") or 0)
+        self.policy = HttpPolicy.from_env()  # serve's API-room options (http_policy.py)
         self._reaper: asyncio.Task | None = None
+        self._tasks: set[asyncio.Task] = set()  # fire-and-forget aborts, kept referenced
 
     # ---- replies from the scheduler ---------------------------------------------
     def on_output(self, out: StreamChunkOutput | StreamStatsOutput) -> None:
@@ -125,6 +139,8 @@ class StreamFrontend:
 
     async def call(self, msg: Any) -> Any:
         """Send ``msg`` to the scheduler and wait for its reply (same rid)."""
+        if isinstance(msg, StreamChunkReq):
+            self._check_chunk_input(msg)
         self.tm.auto_create_handle_loop()
         fut = asyncio.get_running_loop().create_future()
         self.waiters[msg.rid] = fut
@@ -135,6 +151,26 @@ class StreamFrontend:
             raise StreamHTTPError(504, "the scheduler did not answer") from None
         finally:
             self.waiters.pop(msg.rid, None)
+
+    def _check_chunk_input(self, msg: StreamChunkReq) -> None:
+        """``--max-input-tokens`` on a later chunk: the stream's whole input after it
+        (its first input went through the tokenizer manager's own check)."""
+        st = self.streams.get(msg.rid or "")
+        if st is None or self.policy.limits.max_input_tokens is None:
+            return
+        n = len(msg.input_ids or ())
+        if st.mode == "append":
+            n += st.input_tokens if msg.keep is None else msg.keep
+        check_input(self.policy.limits, n, lambda why: StreamHTTPError(400, why))
+
+    def _check_streams(self, client: str) -> None:
+        """``--max-streams-per-client``: 429 for one stream too many of ``client``."""
+        if not client:
+            return
+        try:
+            self.policy.limits.check_streams(self.streams.values(), client)
+        except WorkerError as exc:
+            raise StreamHTTPError(exc.status, exc.reason) from None
 
     # ---- tokens ---------------------------------------------------------------------
     @property
@@ -187,7 +223,7 @@ class StreamFrontend:
     # ---- stream calls ----------------------------------------------------------------
     async def open(self, rid: str | None, mode: str, sampling: dict[str, Any],
                    ids: list[int] | None, final: bool,
-                   text: str | None = None) -> StreamChunkOutput:  # fmt: skip
+                   text: str | None = None, client: str = "") -> StreamChunkOutput:  # fmt: skip
         rid = rid or uuid.uuid4().hex
         if rid in self.streams or rid in self.finished or rid in self.tm.rid_to_state:
             raise StreamHTTPError(409, f"stream {rid} already exists")
@@ -195,8 +231,9 @@ class StreamFrontend:
             raise StreamHTTPError(400, "empty first chunk (omit text/input_ids to open without input)")
         if final and not ids:
             raise StreamHTTPError(400, "empty input")
+        self._check_streams(client)
         self.ensure_reaper()
-        st = self.streams[rid] = HttpStream(rid, mode, sampling)
+        st = self.streams[rid] = HttpStream(rid, mode, sampling, client=client)
         if ids:
             st.tail = (TextTail(0, True, text, list(ids)) if text is not None
                        else TextTail(start=len(ids), first=False))  # fmt: skip
@@ -325,9 +362,32 @@ class StreamFrontend:
             self.finished[st.rid] = st
         return [st.rid for st in gone]
 
-    async def stats(self) -> dict[str, int]:
+    async def stats(self) -> dict[str, Any]:
+        """``/v1/stats`` in the schema both engines answer (``srt_ext.stats_schema``):
+        the scheduler's counters; SGLang's engine does not time its steps."""
         reply = await self.call(StreamStatsReq(rid=f"stats-{uuid.uuid4().hex}"))
-        return dict(reply.stats)
+        return EngineStats(**reply.stats, engine_forward_s=0.0, engine_step_s=0.0).as_dict()
+
+    # ---- readers leaving (--reader-disconnect) ---------------------------------------------
+    def reader_left(self, st: HttpStream) -> None:
+        """A result reader went away before the end: with ``--reader-disconnect abort``
+        the stream is aborted (in the background: the reader's task is ending)."""
+        if self.policy.reader_disconnect != "abort" or st.done or st.rid not in self.streams:
+            return
+        task = asyncio.get_running_loop().create_task(self._abort_quietly(st))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _abort_quietly(self, st: HttpStream) -> None:
+        """Abort under the stream's lock: a chunk the client sends meanwhile is then
+        either applied before the abort or refused after it (404), never interleaved
+        with it (replies are matched by rid)."""
+        try:
+            async with st.lock:
+                if st.rid in self.streams:
+                    await self.abort(st.rid)
+        except StreamHTTPError as exc:  # gone meanwhile, or the scheduler did not answer
+            logger.info("stream %s: abort after its reader left: %s", st.rid, exc.reason)
 
     # ---- results ------------------------------------------------------------------------
     async def _collect(self, st: HttpStream, obj: Any) -> None:
@@ -363,15 +423,28 @@ class StreamFrontend:
         meta["e2e_latency"] = _delta(st.created, st.done_t)
         return {"text": out["text"], "output_ids": out["output_ids"], "meta_info": meta}
 
-    async def wait_done(self, st: HttpStream) -> HttpStream:
+    async def wait_done(self, st: HttpStream,
+                        disconnected: Callable[[], Awaitable[bool]] | None = None) -> HttpStream:  # fmt: skip
+        """Wait until ``st`` is done; with ``disconnected`` (``request.is_disconnected``)
+        checked every ``READER_POLL_S``: a reader that left raises ``ReaderGone``."""
         st.readers += 1  # a waiting reader keeps the stream from being reaped
         try:
             while not st.done:
-                await st.changed.wait()
+                changed = st.changed
+                try:
+                    await asyncio.wait_for(changed.wait(), READER_POLL_S if disconnected else None)
+                except TimeoutError:
+                    pass
+                if not st.done and disconnected is not None and await disconnected():
+                    raise ReaderGone(st.rid)
         finally:
             st.readers -= 1
             st.last_active = time.monotonic()
         return st
+
+
+class ReaderGone(Exception):
+    """The client of a plain result read disconnected before the result was ready."""
 
 
 def _delta(a: float | None, b: float | None) -> float | None:
@@ -396,6 +469,7 @@ def install(tm: Any) -> StreamFrontend:
     if http is not None:
         from srt_ext.engines.sglang.routes import add_stream_routes
 
+        install_policy(http.app, tm, fe.policy)
         add_stream_routes(http.app)
     return fe
 

@@ -61,6 +61,18 @@ class SGLangServerConfig:
     # bench-streams' stock baseline: None leaves out --radix-cache-backend, so SGLang builds
     # its default tree (pair with env SGLANG_PLUGINS=none-such: no plugin loaded at all)
     radix_cache_backend: str | None = "stream2llm"
+    dtype: str | None = None  # SGLang's --dtype (None: its auto)
+    # serve's options our hooks enforce in SGLang's processes (``option_env``)
+    api_key_file: str | None = None  # several keys ("NAME KEY" lines): http_policy.KeyAuth
+    max_input_tokens: int | None = None  # 400 over it
+    max_streams_per_client: int | None = None  # 429 over it
+    max_body_bytes: int | None = None  # 413 over it
+    reader_disconnect: str = "keep"  # keep | abort
+    stream_idle_timeout: float | None = None  # None: the frontend's default (300 s); 0: never
+    preemption: str | None = None  # cost | recompute | swap (the scheduler's StreamTable)
+    cost_model: str | None = None  # profile name or file (the scheduler's StreamTable)
+    worker_cpus: tuple[int, ...] = ()  # CPU ids all of SGLang's processes run on (): any
+    shutdown_grace: float = 30.0  # stop(): seconds SGLang drains in-flight requests
 
 
 def _free_port(host: str) -> int:
@@ -97,6 +109,14 @@ def has_chat_template(model_path: str) -> bool:
     return bool(tok_cfg.get("chat_template")) or (Path(model_path) / "chat_template.jinja").exists()
 
 
+def pin(pid: int, cpus: tuple[int, ...]) -> None:
+    """``--worker-cpus``: run SGLang's server on ``cpus``. Set right after the
+    fork, while the child is still importing, so the scheduler and detokenizer
+    processes it spawns later inherit the mask."""
+    if cpus:
+        os.sched_setaffinity(pid, cpus)
+
+
 def server_argv(cfg: SGLangServerConfig, model_path: str, port: int) -> list[str]:
     argv = [sys.executable, "-m", "srt_ext.engines.sglang.server_main",
             "--model-path", model_path, "--host", cfg.host, "--port", str(port),
@@ -108,11 +128,36 @@ def server_argv(cfg: SGLangServerConfig, model_path: str, port: int) -> list[str
         argv += ["--attention-backend", "torch_native"]
     if cfg.chunked_prefill_size:
         argv += ["--chunked-prefill-size", str(cfg.chunked_prefill_size)]
-    if cfg.api_key:
+    if cfg.api_key and not cfg.api_key_file:  # with a key file it is one of our keys
         argv += ["--api-key", cfg.api_key]
+    if cfg.dtype:
+        argv += ["--dtype", cfg.dtype]
     if not has_chat_template(model_path) and "--chat-template" not in cfg.extra_args:
         argv += ["--chat-template", str(PLAIN_CHAT_TEMPLATE)]
     return argv + list(cfg.extra_args)
+
+
+def option_env(cfg: SGLangServerConfig) -> dict[str, str]:
+    """The environment that carries ``serve``'s options into SGLang's processes,
+    where our hooks read them: the HTTP process (``http_policy``, ``frontend``) and
+    the scheduler (``state.StreamTable``). Only options that are set travel."""
+    from srt_ext.engines.sglang import http_policy as hp
+    from srt_ext.engines.sglang import state
+
+    values: dict[str, Any] = {
+        hp.API_KEY_FILE_ENV: cfg.api_key_file and str(Path(cfg.api_key_file).resolve()),
+        hp.API_KEY_ENV: cfg.api_key if cfg.api_key_file else None,
+        hp.MAX_INPUT_ENV: cfg.max_input_tokens or None,
+        hp.MAX_STREAMS_ENV: cfg.max_streams_per_client or None,
+        hp.MAX_BODY_ENV: cfg.max_body_bytes or None,
+        hp.READER_ENV: cfg.reader_disconnect if cfg.reader_disconnect != "keep" else None,
+        hp.IDLE_ENV: None if cfg.stream_idle_timeout is None else f"{cfg.stream_idle_timeout:g}",
+        state.PREEMPTION_ENV: cfg.preemption,
+        state.COST_MODEL_ENV: cfg.cost_model,
+        state.POLICY_ENV: cfg.policy,
+        "OMP_NUM_THREADS": str(cfg.threads) if cfg.threads else None,
+    }
+    return {k: str(v) for k, v in values.items() if v is not None}
 
 
 def server_env(cfg: SGLangServerConfig, model_path: str) -> dict[str, str]:
@@ -126,10 +171,7 @@ def server_env(cfg: SGLangServerConfig, model_path: str) -> dict[str, str]:
     disabled = disabled_model_modules(model_path)
     if disabled and "SGLANG_DISABLED_MODEL_ARCHS" not in env:
         env["SGLANG_DISABLED_MODEL_ARCHS"] = ",".join(disabled)
-    if cfg.policy:
-        env["STREAM2LLM_POLICY"] = cfg.policy
-    if cfg.threads:
-        env["OMP_NUM_THREADS"] = str(cfg.threads)
+    env.update(option_env(cfg))
     env.update(cfg.env)
     return env
 
@@ -163,6 +205,7 @@ class SGLangServer:
                              stdout=self._log, stderr=sp.STDOUT, start_new_session=True,
                              cwd=str(REPO_ROOT))  # fmt: skip
         try:
+            pin(self.proc.pid, cfg.worker_cpus)
             self._wait_healthy(progress)
         except BaseException:
             self.stop()
@@ -198,9 +241,11 @@ class SGLangServer:
             f"log {self.log_path}:\n{self.log_tail()}"
         )
 
-    def stop(self, timeout: float = 30.0) -> None:
-        """SIGTERM to SGLang's server (it stops its scheduler and detokenizer), then
-        SIGKILL to the process group it leads if anything is left."""
+    def stop(self, timeout: float | None = None) -> None:
+        """SIGTERM to SGLang's server (it drains in-flight requests, then stops its
+        scheduler and detokenizer), then SIGKILL to the process group it leads if
+        anything is left after ``timeout`` (default ``shutdown_grace``) seconds."""
+        timeout = self.cfg.shutdown_grace if timeout is None else timeout
         proc, self.proc = self.proc, None
         if proc is not None:
             if proc.poll() is None:

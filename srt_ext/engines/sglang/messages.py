@@ -216,18 +216,22 @@ def release_parked(scheduler: Any, rid: str, why: str) -> bool:
 
 
 def handle_stream_stats(scheduler: Any, msg: StreamStatsReq) -> StreamStatsOutput:
-    """KV and stream counters, named as the reference server's ``/v1/stats``."""
+    """The integer keys of ``srt_ext.stats_schema.EngineStats`` (the HTTP side adds
+    the rest: ``frontend.StreamFrontend.stats``); preemptions and swaps as executed."""
     t = table()
     tree, alloc = scheduler.tree_cache, scheduler.token_to_kv_pool_allocator
     cap = int(getattr(scheduler, "max_total_num_tokens", 0) or alloc.size)
     free = int(alloc.available_size())
     running = getattr(scheduler, "running_batch", None)
+    context = getattr(getattr(scheduler, "model_config", None), "context_len", None)
     stats = {
         "kv_capacity_tokens": cap,
         "kv_free_tokens": free,
         "kv_used_tokens": cap - free,
         "kv_pinned_tokens": int(tree.protected_size()),
         "kv_evictable_tokens": int(tree.evictable_size()),
+        "kv_host_tokens": sum(len(i.host_tokens) for i in t.streams.values()
+                              if i.host_tokens is not None),  # fmt: skip
         "streams_open": len(t.streams),
         "streams_parked": len(t.parked),
         "requests_waiting": len(scheduler.waiting_queue),
@@ -237,6 +241,8 @@ def handle_stream_stats(scheduler: Any, msg: StreamStatsReq) -> StreamStatsOutpu
         "preemptions_swap": t.decisions["swap"],
         "swap_out_tokens": t.swapped_out_tokens,
         "swap_in_tokens": t.swapped_in_tokens,
+        "steps": int(getattr(scheduler, "forward_ct", 0) or 0),
+        "max_context_tokens": int(context or getattr(scheduler, "max_req_len", 0) or 0),
     }
     return StreamStatsOutput(rid=msg.rid, stats=stats)
 

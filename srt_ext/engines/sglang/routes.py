@@ -1,8 +1,11 @@
 """``/v1/streams`` and ``/v1/stats`` on SGLang's own FastAPI app.
 
 The same REST API as the reference server (docs/api.md): the bodies are parsed
-with the same pydantic models (``srt_ext.api.models``) and errors have the same
-shape, ``{"error": reason}`` (422 adds ``detail``). Bodies are validated here
+with the same pydantic models (``srt_ext.api.models``), except that
+``sampling_params`` takes SGLang's whole vocabulary (``SGLangSamplingParamsModel``:
+this engine serves it), and errors have the same shape, ``{"error": reason}``
+(422 adds ``detail``). Keys, limits and readers leaving: ``http_policy``,
+``frontend``. Bodies are validated here
 rather than by FastAPI so that SGLang's app-wide validation handler (which
 answers in OpenAI's error format) does not apply to these routes. ``/generate``,
 the OpenAI routes, ``/health`` and ``/metrics`` stay SGLang's own.
@@ -10,6 +13,7 @@ the OpenAI routes, ``/health`` and ``/metrics`` stay SGLang's own.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -19,9 +23,18 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ValidationError
 
-from srt_ext.api.models import ChunkRequest, OpenStreamRequest, SamplingParamsModel
-from srt_ext.engines.sglang.frontend import HttpStream, StreamFrontend, StreamHTTPError
-from srt_ext.engines.sglang.realtime import add_realtime_route
+from srt_ext.api.limits import client_key
+from srt_ext.api.models import (
+    SGLangChunkRequest,
+    SGLangOpenStreamRequest,
+    SGLangSamplingParamsModel,
+)
+from srt_ext.engines.sglang.frontend import (
+    HttpStream,
+    ReaderGone,
+    StreamFrontend,
+    StreamHTTPError,
+)
 
 _MARK = "stream2llm_routes"
 logger = logging.getLogger(__name__)
@@ -35,20 +48,13 @@ def _error(status: int, reason: str, **extra: Any) -> Response:
     return _json({"error": reason, **extra}, status)
 
 
-def sglang_sampling(sp: SamplingParamsModel) -> dict[str, Any]:
-    """Our sampling fields under SGLang's names (``seed`` is ``sampling_seed``)."""
-    out: dict[str, Any] = {
-        "max_new_tokens": sp.max_new_tokens, "temperature": sp.temperature,
-        "top_p": sp.top_p, "top_k": sp.top_k if sp.top_k > 0 else -1,
-        "ignore_eos": sp.ignore_eos,
-    }  # fmt: skip
-    if sp.stop is not None:
-        out["stop"] = sp.stop
-    if sp.stop_token_ids:
-        out["stop_token_ids"] = [t for t in sp.stop_token_ids if t >= 0]
-    if sp.seed is not None:
-        out["sampling_seed"] = sp.seed
-    return out
+def sglang_sampling(sp: SGLangSamplingParamsModel) -> dict[str, Any]:
+    """SGLang's ``sampling_params`` for a stream (400 for what a stream cannot do);
+    SGLang's tokenizer manager checks the values (``SamplingParams.verify``)."""
+    why = sp.stream_error()
+    if why:
+        raise StreamHTTPError(400, why)
+    return sp.sglang()
 
 
 async def _body(request: Request, model: type[BaseModel]) -> Any:
@@ -98,7 +104,8 @@ async def _guard(coro: Any) -> Response:
 
 
 async def _sse(fe: StreamFrontend, st: HttpStream) -> AsyncIterator[bytes]:
-    """SGLang's /generate stream: cumulative text and ids per event, then [DONE]."""
+    """SGLang's /generate stream: cumulative text and ids per event, then [DONE]; a
+    reader leaving early aborts the stream under ``--reader-disconnect abort``."""
     sent = -1
     st.readers += 1
     try:
@@ -106,6 +113,23 @@ async def _sse(fe: StreamFrontend, st: HttpStream) -> AsyncIterator[bytes]:
             yield frame
     finally:
         st.readers -= 1
+        fe.reader_left(st)
+
+
+async def _read(fe: StreamFrontend, st: HttpStream, request: Request) -> Response:
+    """The result once done; under ``--reader-disconnect abort`` the reader is
+    watched, and one that leaves first aborts the stream (a bare 499)."""
+    if fe.policy.reader_disconnect != "abort":
+        return _json(fe.result(await fe.wait_done(st)))
+    try:
+        await fe.wait_done(st, request.is_disconnected)
+    except ReaderGone:
+        fe.reader_left(st)
+        return Response(status_code=499)  # nobody is there to read it
+    except asyncio.CancelledError:
+        fe.reader_left(st)
+        raise
+    return _json(fe.result(st))
 
 
 async def _frames(fe: StreamFrontend, st: HttpStream, sent: int) -> AsyncIterator[bytes]:
@@ -133,19 +157,19 @@ def add_stream_routes(app: FastAPI) -> None:
 
     async def open_stream(request: Request) -> Response:
         async def run() -> Response:
-            body = await _body(request, OpenStreamRequest)
+            body = await _body(request, SGLangOpenStreamRequest)
             fe = _frontend()
             has_input = body.text is not None or body.input_ids is not None
             ids = fe.ids(body.text, body.input_ids, first=True) if has_input else None
             out = await fe.open(body.rid, body.mode, sglang_sampling(body.sampling_params),
-                                ids, body.final, text=body.text)  # fmt: skip
+                                ids, body.final, text=body.text, client=client_key(request))  # fmt: skip
             return _json(_ack(out.rid, out), 201)
 
         return await _guard(run())
 
     async def add_chunk(rid: str, request: Request) -> Response:
         async def run() -> Response:
-            body = await _body(request, ChunkRequest)
+            body = await _body(request, SGLangChunkRequest)
             sp = sglang_sampling(body.sampling_params) if body.sampling_params else None
             out = await _frontend().chunk(rid, body.text, body.input_ids, body.final,
                                           body.mode, sp)  # fmt: skip
@@ -159,7 +183,7 @@ def add_stream_routes(app: FastAPI) -> None:
             st = fe.get(rid)
             if stream:
                 return StreamingResponse(_sse(fe, st), media_type="text/event-stream")
-            return _json(fe.result(await fe.wait_done(st)))
+            return await _read(fe, st, request)
 
         return await _guard(run())
 
@@ -181,4 +205,3 @@ def add_stream_routes(app: FastAPI) -> None:
     app.add_api_route("/v1/streams/{rid}/result", result, methods=["GET"])
     app.add_api_route("/v1/streams/{rid}", abort, methods=["DELETE"])
     app.add_api_route("/v1/stats", stats, methods=["GET"])
-    add_realtime_route(app)  # /v1/realtime (OpenAI Realtime, text): realtime.py

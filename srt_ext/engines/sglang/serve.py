@@ -12,51 +12,130 @@ import argparse
 import signal
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from srt_ext.engines.sglang.launch import SGLangServer, SGLangServerConfig, SGLangStartupError
 
-# `serve` options SGLang's engine cannot honour yet: refused unless left at their
-# default (value -> why), never silently dropped
-REFUSED: dict[str, str] = {
-    "api_key_file": "several keys (per-key limits) are not enforced on SGLang's server yet; "
-                    "use --api-key, or --engine reference",
-    "max_streams_per_client": "per-client stream limits are not enforced on SGLang's server yet",
-    "max_input_tokens": "use SGLang's context length (--max-total-tokens bounds the input)",
-    "worker_cpus": "SGLang's processes are not pinned to CPUs yet",
-    "reader_disconnect": "a result reader leaving never aborts a stream on SGLang's server yet",
-    "max_body_bytes": "SGLang's server has no body-size limit of ours yet",
-    "max_worker_restarts": "SGLang's scheduler is not restarted by us (reference worker option)",
-    "restart_backoff": "SGLang's scheduler is not restarted by us (reference worker option)",
-    "shutdown_grace": "SGLang's server stops at once on SIGTERM (no drain yet)",
+
+@dataclass(frozen=True)
+class Mapped:
+    """Honoured: the option becomes ``SGLangServerConfig.<field>`` (``convert``ed);
+    ``refuse`` names a value this engine cannot serve (None: it can)."""
+
+    field: str
+    how: str
+    convert: Callable[[Any], Any] = lambda v: v
+    refuse: Callable[[Any], str | None] = lambda v: None
+
+
+@dataclass(frozen=True)
+class Refused:
+    """Not honoured on SGLang's engine: refused unless left at its default."""
+
+    why: str
+
+
+@dataclass(frozen=True)
+class Local:
+    """Read by ``stream2llm serve`` itself, not by the engine."""
+
+    how: str
+
+
+def _unset(value: Any) -> Any:
+    """0 or an empty value means "no limit" / "unset" for ``serve``'s options."""
+    return value or None
+
+
+def _dtype(value: str) -> str | None:
+    return None if value == "auto" else value
+
+
+def _dtype_refused(value: str) -> str | None:
+    if value in ("auto", "float32", "bfloat16"):
+        return None
+    return (f"--dtype {value} on --engine sglang: SGLang serves auto, float32, bfloat16 "
+            f"({value} is the reference engine's fixed-tile exact path: --engine reference)")  # fmt: skip
+
+
+_DISAGG = "a --disaggregation-mode option: --engine reference only"
+_RESTARTS = ("a reference worker option: SGLang's scheduler is not restarted by us "
+             "(its server exits with it; run it under a supervisor)")  # fmt: skip
+
+# every `serve` option (argparse dest) -> how SGLang's engine honours it; written once,
+# read by `refused` (CLI check), `config_from_args` (the launch) and docs/api.md
+OPTIONS: dict[str, Mapped | Refused | Local] = {
+    "engine": Local("picks this engine"),
+    "func": Local("argparse's handler"),
+    "command": Local("the stream2llm subcommand"),
+    "model_path": Mapped("model_path", "SGLang's --model-path (names resolved as the reference)"),
+    "host": Mapped("host", "SGLang's --host"),
+    "port": Mapped("port", "SGLang's --port"),
+    "device": Mapped("device", "SGLang's --device"),
+    "max_total_tokens": Mapped("max_total_tokens", "SGLang's --max-total-tokens (KV pool)"),
+    "token_budget": Mapped("chunked_prefill_size", "SGLang's --chunked-prefill-size"),
+    "log_level": Mapped("log_level", "SGLang's --log-level"),
+    "dtype": Mapped("dtype", "SGLang's --dtype", _dtype, _dtype_refused),
+    "threads": Mapped("threads", "OMP_NUM_THREADS of each SGLang process"),
+    "worker_cpus": Mapped("worker_cpus", "all of SGLang's processes pinned to these CPUs", tuple),
+    "scheduler": Mapped("policy", "our policy in SGLang's scheduler (STREAM2LLM_POLICY)"),
+    "preemption": Mapped("preemption", "the scheduler's StreamTable.preemption "
+                                       "(STREAM2LLM_PREEMPTION)"),  # fmt: skip
+    "cost_model": Mapped("cost_model", "the scheduler's cost model (STREAM2LLM_COST_MODEL)"),
+    "api_key": Mapped("api_key", "SGLang's --api-key; with --api-key-file one of our keys"),
+    "api_key_file": Mapped("api_key_file", "every route but /health*, /ready*, /metrics* "
+                           "needs one of the keys (401); limits count per key name"),  # fmt: skip
+    "max_input_tokens": Mapped("max_input_tokens", "400 over it: /generate, OpenAI routes, "
+                               "streams (whole input after each chunk)", _unset),  # fmt: skip
+    "max_streams_per_client": Mapped("max_streams_per_client", "429 over it (per key name, "
+                                     "else per client IP)", _unset),  # fmt: skip
+    "max_body_bytes": Mapped("max_body_bytes", "413 over it, every route", _unset),
+    "stream_idle_timeout": Mapped("stream_idle_timeout", "partial streams idle this long "
+                                  "are aborted (410), 0: never", lambda v: v or 0.0),  # fmt: skip
+    "reader_disconnect": Mapped("reader_disconnect", "abort: a stream's result reader "
+                                "leaving aborts it"),  # fmt: skip
+    "shutdown_grace": Mapped("shutdown_grace", "SIGTERM: SGLang drains in-flight requests "
+                             "up to S s, then its processes are killed"),  # fmt: skip
+    "max_worker_restarts": Refused(_RESTARTS),
+    "restart_backoff": Refused(_RESTARTS),
+    "disaggregation_mode": Refused("runs on --engine reference only, until SGLang's own "
+                                   "prefill/decode servers carry streams"),  # fmt: skip
+    "decode_url": Refused(_DISAGG),
+    "bootstrap": Refused(_DISAGG),
+    "disagg_ack_timeout": Refused(_DISAGG),
+    "disagg_dead_after": Refused(_DISAGG),
 }
-DTYPES = {"auto": None, "float32": "float32", "bfloat16": "bfloat16"}  # SGLang --dtype
+
+
+def _flag(name: str) -> str:
+    return f"--{name.replace('_', '-')}"
 
 
 def refused(args: argparse.Namespace, defaults: argparse.Namespace) -> str | None:
-    """Why these options cannot run on SGLang's engine (None when they can)."""
-    for name, why in REFUSED.items():
-        if getattr(args, name, None) != getattr(defaults, name, None):
-            return f"--{name.replace('_', '-')} on --engine sglang: {why}"
-    if args.dtype not in DTYPES:
-        return f"--dtype {args.dtype} on --engine sglang: SGLang serves auto, float32, bfloat16"
+    """Why these options cannot run on SGLang's engine (None when they can). An
+    option missing from ``OPTIONS`` is refused too when set: never silently dropped."""
+    for name, value in vars(args).items():
+        entry = OPTIONS.get(name)
+        default = getattr(defaults, name, None)
+        if entry is None and value != default:
+            return f"{_flag(name)} on --engine sglang: not mapped to SGLang's engine"
+        if isinstance(entry, Refused) and value != default:
+            return f"{_flag(name)} on --engine sglang: {entry.why}"
+        if isinstance(entry, Mapped):
+            why = entry.refuse(value)
+            if why:
+                return why
     return None
 
 
 def config_from_args(args: argparse.Namespace) -> SGLangServerConfig:
-    """Map the ``serve`` options onto SGLang's server flags and the environment our
-    hooks read in SGLang's processes (the ones ``refused`` lets through)."""
-    env = {"STREAM2LLM_PREEMPTION": args.preemption,
-           "STREAM2LLM_STREAM_IDLE_TIMEOUT": f"{args.stream_idle_timeout or 0:g}"}  # fmt: skip
-    if args.cost_model:
-        env["STREAM2LLM_COST_MODEL"] = args.cost_model
-    dtype = DTYPES.get(args.dtype)
-    return SGLangServerConfig(
-        model_path=args.model_path, host=args.host, port=args.port, device=args.device,
-        max_total_tokens=args.max_total_tokens, chunked_prefill_size=args.token_budget,
-        policy=args.scheduler, api_key=args.api_key, log_level=args.log_level,
-        threads=args.threads, env=env, extra_args=["--dtype", dtype] if dtype else [],
-    )  # fmt: skip
+    """The ``SGLangServerConfig`` of these options (``OPTIONS``' mapped ones; SGLang's
+    flags and the environment our hooks read come from it: ``launch``)."""
+    fields = {e.field: e.convert(getattr(args, name)) for name, e in OPTIONS.items()
+              if isinstance(e, Mapped) and hasattr(args, name)}  # fmt: skip
+    return SGLangServerConfig(**fields)
 
 
 def run_sglang(args: argparse.Namespace) -> int:
