@@ -35,6 +35,7 @@ from srt_ext.engines.sglang.frontend import (
     StreamFrontend,
     StreamHTTPError,
 )
+from srt_ext.engines.sglang.realtime import add_realtime_route
 
 _MARK = "stream2llm_routes"
 logger = logging.getLogger(__name__)
@@ -205,3 +206,4 @@ def add_stream_routes(app: FastAPI) -> None:
     app.add_api_route("/v1/streams/{rid}/result", result, methods=["GET"])
     app.add_api_route("/v1/streams/{rid}", abort, methods=["DELETE"])
     app.add_api_route("/v1/stats", stats, methods=["GET"])
+    add_realtime_route(app)  # /v1/realtime (OpenAI Realtime, text): realtime.py
