@@ -26,8 +26,11 @@ RULES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "worker": (("srt_ext.api", "srt_ext.client"), ()),
     "api": (("srt_ext.worker", "srt_ext.client"), ("srt_ext.worker.process", "srt_ext.worker.config")),
     "engines/reference": (("srt_ext.api", "srt_ext.worker", "srt_ext.client"), ()),
+    # the request rules both front doors apply, written once: bodies, tokenizer,
+    # keys and limits, the typed refusal
     "engines/sglang": (("srt_ext.api", "srt_ext.worker", "srt_ext.client"),
-                       ("srt_ext.api.models", "srt_ext.api.tokenizer")),
+                       ("srt_ext.api.models", "srt_ext.api.tokenizer", "srt_ext.api.limits",
+                        "srt_ext.api.req_state")),
 }
 
 
