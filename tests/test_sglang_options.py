@@ -96,7 +96,8 @@ def test_honoured_options_reach_sglang(tmp_path: Path) -> None:
     assert "--api-key" not in argv  # with a key file the shared key is one of ours
     assert argv[argv.index("--dtype") + 1] == "bfloat16"
     plain = server_argv(config_from_args(_args("--api-key", "k")), "/m", 1)
-    assert plain[plain.index("--api-key") + 1] == "k" and "--dtype" not in plain
+    assert plain[plain.index("--api-key") + 1] == "k"
+    assert plain[plain.index("--dtype") + 1] == "float32"  # auto on CPU: not the checkpoint's fp16
 
 
 # ---- sampling on SGLang's engine (models) --------------------------------------------------

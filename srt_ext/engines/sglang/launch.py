@@ -61,7 +61,10 @@ class SGLangServerConfig:
     # bench-streams' stock baseline: None leaves out --radix-cache-backend, so SGLang builds
     # its default tree (pair with env SGLANG_PLUGINS=none-such: no plugin loaded at all)
     radix_cache_backend: str | None = "stream2llm"
-    dtype: str | None = None  # SGLang's --dtype (None: its auto)
+    # SGLang's --dtype. None: float32 on CPU, SGLang's auto elsewhere. Its auto reads
+    # the checkpoint's float16/bfloat16, which a CPU without AVX512-BF16/AMX runs
+    # emulated: a SmolLM2 linear layer here does 75 GFLOP/s in float32, 12 in float16.
+    dtype: str | None = None
     # serve's options our hooks enforce in SGLang's processes (``option_env``)
     api_key_file: str | None = None  # several keys ("NAME KEY" lines): http_policy.KeyAuth
     max_input_tokens: int | None = None  # 400 over it
@@ -130,8 +133,9 @@ def server_argv(cfg: SGLangServerConfig, model_path: str, port: int) -> list[str
         argv += ["--chunked-prefill-size", str(cfg.chunked_prefill_size)]
     if cfg.api_key and not cfg.api_key_file:  # with a key file it is one of our keys
         argv += ["--api-key", cfg.api_key]
-    if cfg.dtype:
-        argv += ["--dtype", cfg.dtype]
+    dtype = cfg.dtype or ("float32" if cfg.device == "cpu" else None)
+    if dtype:
+        argv += ["--dtype", dtype]
     if not has_chat_template(model_path) and "--chat-template" not in cfg.extra_args:
         argv += ["--chat-template", str(PLAIN_CHAT_TEMPLATE)]
     return argv + list(cfg.extra_args)
