@@ -14,9 +14,12 @@ first, ...); each row pools its mode's rounds (completion time: their mean).
 * non-streaming: the whole final input is sent once retrieval has ended
   (``/generate`` for one-token requests, else one final ``/v1/streams`` open).
 
-TTFT is measured by the client from sending the final input to receiving the
-first output token (the paper's definition; the server's own ``meta_info.ttft_s``
-is recorded beside it). The output has `stream2llm sim`'s JSON schema
+The server is SGLang's own with our plugin (``stream2llm serve``, the default
+engine); the reference server answers the same routes. TTFT is measured by the
+client from sending the final input to receiving the first output token (the
+paper's definition); the server's own ``meta_info.ttft_s`` is recorded beside it
+where the server reports one (a stream's result does, final chunk -> first token;
+SGLang's ``/generate`` does not, so one-token one-shots have none). The output has `stream2llm sim`'s JSON schema
 (``eval.metrics.result_row``), so a measured run and a simulated one compare
 field by field. Only loopback URLs are accepted, the query count is bounded by
 ``--num-queries`` and every request by ``--request-timeout``.
