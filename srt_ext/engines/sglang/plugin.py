@@ -20,6 +20,9 @@ backend (``--radix-cache-backend stream2llm``) and these hooks:
   ``/v1/streams`` routes on SGLang's FastAPI app and the reply handler
   (``frontend``).
 
+``disagg.backend.register`` adds ``--disaggregation-transfer-backend zmq`` (SGLang's
+PD KV manager on our ZMQ transfer engine) and the PD pieces of streams.
+
 Registration is idempotent (SGLang may load plugins more than once).
 """
 
@@ -81,6 +84,10 @@ def register() -> None:
 
     register_backend()
     register_message_types()
+    # --disaggregation-transfer-backend zmq (prefill/decode KV over ZMQ, CPU-capable)
+    from srt_ext.engines.sglang.disagg.backend import register as register_zmq_backend
+
+    register_zmq_backend()
     for target, hook, kind in hooks():
         if any(h is hook for _, h, _ in HookRegistry._hooks.get(target, [])):
             continue
