@@ -1,4 +1,6 @@
-"""`stream2llm profile` writes a measured profile that the scheduler's CostModel loads."""
+"""`stream2llm profile` writes a measured profile that the scheduler's CostModel loads:
+on SGLang's engine (the default: its server's prefill and decode, swaps through its
+KV pool) and on the reference engine (`--engine reference`, what validate uses)."""
 
 from __future__ import annotations
 
@@ -13,9 +15,44 @@ from stream2llm.cli import main
 pytestmark = pytest.mark.timeout(120)
 
 
+@pytest.mark.timeout(600)
+def test_quick_profile_on_sglang(tmp_path):
+    """The default engine: SGLang's own server times the prefill of N fresh tokens on a
+    flushed cache, its KV pool the swap; the profile loads and prices both."""
+    from srt_ext.cli.profile_sglang import arch
+    from srt_ext.engines.reference.model_store import resolve_model
+
+    out = tmp_path / "sg.json"
+    argv = ["profile", "--model-path", "tiny-random", "--max-tokens", "2048", "--repeats", "3",
+            "--warmup", "1", "--decode-batches", "1,2", "--threads", "1", "--out", str(out)]
+    assert main(argv) == 0
+    prof = json.loads(out.read_text())
+    assert prof["machine"]["engine"] == prof["method"]["engine"] == "sglang"
+    assert prof["machine"]["sglang"] == "0.5.23" and prof["machine"]["dtype"] == "float32"
+    sizes = [16, 32, 64, 128, 256, 512, 1024, 2048]
+    assert prof["prefill"]["tokens"] == sizes == prof["swap"]["tokens"]
+    # every timed prompt was computed, none found cached (the cache flushed, fresh ids)
+    assert prof["prefill"]["cached_tokens"] == [0] * len(sizes)
+    pre, swap = prof["prefill"]["seconds"], prof["swap"]["seconds"]
+    assert all(0 < s < 10 for s in pre + swap)
+    assert pre[-1] > pre[0]  # 2,048 tokens cost more to prefill than 16
+    # SGLang's step is part of its whole request (which also queues and detokenizes)
+    assert all(0 < s <= t for s, t in zip(pre, prof["prefill"]["e2e_seconds"], strict=True))
+    assert prof["method"]["swap_checked"] == 4 * len(sizes)  # each trip brought the KV back
+    a = arch(resolve_model(TINY_MODEL))
+    assert prof["kv_bytes_per_token"] == 2 * a["layers"] * a["kv_heads"] * a["head_dim"] * 4
+    dec = prof["decode"]
+    assert dec["batch"] == [1, 1, 1, 2, 2, 2] and all(0 < s < 5 for s in dec["seconds"])
+    fx = prof["fixed"]
+    assert fx["request_s"] > 0 and fx["ack_s"] > 0 and fx["tokenize_s_per_1k"] > 0
+    cm = CostModel.load(out)
+    assert not cm.derived and cm.prefill_s(200) > cm.prefill_s(20) > 0 and cm.swap_s(48) > 0
+    assert cm.recompute_or_swap(128) in ("recompute", "swap")
+
+
 def test_quick_profile_loads(tmp_path):
     out = tmp_path / "quick.json"
-    argv = ["profile", "--model-path", "tiny-random", "--max-tokens", "64", "--repeats", "1",
+    argv = ["profile", "--engine", "reference", "--model-path", "tiny-random", "--max-tokens", "64", "--repeats", "1",
             "--warmup", "0", "--decode-batches", "1,2", "--threads", "1", "--skip-http",
             "--steps", "24", "--out", str(out)]  # fmt: skip
     assert main(argv) == 0
@@ -46,6 +83,7 @@ def test_quick_profile_loads(tmp_path):
 
 @pytest.mark.slow
 def test_http_terms_on_a_real_server():
+    """The reference server's HTTP terms (`--engine reference`: worker stamps)."""
     from srt_ext.cli.profile_fixed import http_terms_at
     from srt_ext.launch import launch_server
 

@@ -1,7 +1,13 @@
 """`stream2llm profile`: measure the engine and write the cost-model JSON the scheduler loads.
 
-    stream2llm profile [--model-path DIR] [--device cpu|cuda] [--max-tokens 4096]
-        [--repeats 7 --warmup 2] --out scheduler/profiles/cpu-reference.json
+    stream2llm profile [--engine sglang|reference] [--model-path DIR] [--device cpu|cuda]
+        [--max-tokens 4096] [--repeats 7 --warmup 2] --out scheduler/profiles/NAME.json
+
+``--engine sglang`` (the default) times SGLang's own engine, which serves:
+its server's prefill and decode, and swaps through its KV pool
+(srt_ext/cli/profile_sglang.py). ``--engine reference`` times our retiring
+PyTorch engine's forward in process (below); `stream2llm validate` still uses it,
+with the mixed-step design and fixed costs of its worker.
 
 The cost-based preemption rule compares prefill-of-N against swap-of-N, so the
 two curves must come from the engine that will run, not from a roofline guess
@@ -36,6 +42,9 @@ from typing import Any
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = subparsers.add_parser("profile", help="measure prefill/swap/decode latency -> cost model")
+    p.add_argument("--engine", choices=("sglang", "reference"), default="sglang",
+                   help="sglang (default): SGLang's own server and KV pool; reference: our "
+                   "retiring PyTorch engine in process (what `stream2llm validate` uses)")
     p.add_argument("--model-path", default=None, help="model: smollm2-135m-instruct (default, converted once on first use), tiny-random, or a Llama-architecture HF checkpoint dir")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--dtype", choices=("auto", "float32", "float64", "bfloat16"), default="auto")
@@ -44,7 +53,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--decode-batches", default="1,4,16", help="decode batch sizes to time")
     p.add_argument("--steps", type=int, default=192,
-                   help="mixed steps of a seeded random design to time (srt_ext/cli/profile_steps.py)")
+                   help="--engine reference: mixed steps of a seeded random design to time (srt_ext/cli/profile_steps.py)")
     p.add_argument(
         "--kv-capacity-tokens",
         type=int,
@@ -54,7 +63,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--threads", type=int, default=0,
                    help="torch threads here and in the profiled server (0: torch's default)")
     p.add_argument("--skip-http", action="store_true",
-                   help="do not start a server to time the HTTP path (chunk/ack/request = 0)")
+                   help="do not time the HTTP path (chunk/ack/request = 0)")
     p.add_argument("--name", default=None, help="profile name (default: the output file's stem)")
     p.add_argument("--out", required=True, help="where to write the profile JSON")
     p.set_defaults(func=run)
@@ -266,7 +275,12 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    profile = measure(args)
+    if getattr(args, "engine", "reference") == "sglang":
+        from srt_ext.cli.profile_sglang import measure_sglang
+
+        profile = measure_sglang(args)
+    else:
+        profile = measure(args)
     return write_profile(profile, Path(args.out))
 
 
