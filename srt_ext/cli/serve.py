@@ -61,6 +61,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     from srt_ext.disagg.serve import add_disagg_args
 
     add_disagg_args(p)
+    p.add_argument("--disaggregation-transfer-backend", default="zmq",
+                   help="--engine sglang: SGLang's KV transfer backend (zmq: ours, host memory "
+                        "over TCP; mooncake, nixl, ...: SGLang's RDMA ones)")  # fmt: skip
+    p.add_argument("--disaggregation-bootstrap-port", type=int, default=None,
+                   help="--engine sglang: the prefill server's bootstrap port (SGLang's 8998)")  # fmt: skip
     p.set_defaults(func=run)
     return p
 
@@ -85,6 +90,11 @@ def check_args(args: argparse.Namespace) -> str | None:
         why = refused(args, _defaults())  # one table: engines/sglang/serve.py OPTIONS
         if why:
             return why
+        if args.disaggregation_mode == "prefill" and not args.decode_url:
+            return ("--disaggregation-mode prefill on --engine sglang needs --decode-url "
+                    "http://HOST:PORT (the decode server that streams are handed to)")  # fmt: skip
+        if args.disaggregation_mode == "decode" and args.decode_url:
+            return "--decode-url is a prefill server's option"
         if args.device == "cpu":
             import importlib.util
 

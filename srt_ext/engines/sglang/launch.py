@@ -76,6 +76,11 @@ class SGLangServerConfig:
     cost_model: str | None = None  # profile name or file (the scheduler's StreamTable)
     worker_cpus: tuple[int, ...] = ()  # CPU ids all of SGLang's processes run on (): any
     shutdown_grace: float = 30.0  # stop(): seconds SGLang drains in-flight requests
+    # SGLang's own prefill/decode disaggregation (disagg/launch.py: PDPair starts a pair)
+    disaggregation_mode: str = "null"  # null | prefill | decode
+    transfer_backend: str = "zmq"  # --disaggregation-transfer-backend (zmq: ours, CPU-capable)
+    bootstrap_port: int | None = None  # the prefill server's bootstrap port (None: SGLang's)
+    decode_url: str | None = None  # prefill: the decode server a stream's final chunk goes to
 
 
 def _free_port(host: str) -> int:
@@ -136,6 +141,10 @@ def server_argv(cfg: SGLangServerConfig, model_path: str, port: int) -> list[str
     dtype = cfg.dtype or ("float32" if cfg.device == "cpu" else None)
     if dtype:
         argv += ["--dtype", dtype]
+    if cfg.disaggregation_mode != "null":
+        from srt_ext.engines.sglang.disagg.launch import pd_args
+
+        argv += pd_args(cfg.disaggregation_mode, cfg.transfer_backend, cfg.bootstrap_port)
     if not has_chat_template(model_path) and "--chat-template" not in cfg.extra_args:
         argv += ["--chat-template", str(PLAIN_CHAT_TEMPLATE)]
     return argv + list(cfg.extra_args)
@@ -176,6 +185,10 @@ def server_env(cfg: SGLangServerConfig, model_path: str) -> dict[str, str]:
     if disabled and "SGLANG_DISABLED_MODEL_ARCHS" not in env:
         env["SGLANG_DISABLED_MODEL_ARCHS"] = ",".join(disabled)
     env.update(option_env(cfg))
+    if cfg.disaggregation_mode == "prefill" and cfg.decode_url:
+        from srt_ext.engines.sglang.disagg.launch import pd_env
+
+        env.update(pd_env(cfg))
     env.update(cfg.env)
     return env
 

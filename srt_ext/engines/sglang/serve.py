@@ -60,7 +60,14 @@ def _dtype_refused(value: str) -> str | None:
             f"({value} is the reference engine's fixed-tile exact path: --engine reference)")  # fmt: skip
 
 
-_DISAGG = "a --disaggregation-mode option: --engine reference only"
+_DISAGG = "a --disaggregation-mode option of --engine reference only"
+
+
+def _decode_url_refused(value: str | None) -> str | None:
+    if value is None or value.startswith(("http://", "https://")):
+        return None
+    return (f"--decode-url {value} on --engine sglang: the decode server's HTTP URL "
+            "(http://HOST:PORT); tcp:// is the reference engine's")  # fmt: skip
 _RESTARTS = ("a reference worker option: SGLang's scheduler is not restarted by us "
              "(its server exits with it; run it under a supervisor)")  # fmt: skip
 
@@ -100,9 +107,14 @@ OPTIONS: dict[str, Mapped | Refused | Local] = {
                              "up to S s, then its processes are killed"),  # fmt: skip
     "max_worker_restarts": Refused(_RESTARTS),
     "restart_backoff": Refused(_RESTARTS),
-    "disaggregation_mode": Refused("runs on --engine reference only, until SGLang's own "
-                                   "prefill/decode servers carry streams"),  # fmt: skip
-    "decode_url": Refused(_DISAGG),
+    "disaggregation_mode": Mapped("disaggregation_mode", "SGLang's --disaggregation-mode: "
+                                  "its own prefill/decode servers (docs/disaggregation.md)"),  # fmt: skip
+    "disaggregation_transfer_backend": Mapped("transfer_backend", "SGLang's "
+                                              "--disaggregation-transfer-backend (zmq: ours)"),  # fmt: skip
+    "disaggregation_bootstrap_port": Mapped("bootstrap_port", "SGLang's "
+                                            "--disaggregation-bootstrap-port"),  # fmt: skip
+    "decode_url": Mapped("decode_url", "prefill: the decode server's http://HOST:PORT, where "
+                         "a stream's final chunk is decoded", refuse=_decode_url_refused),  # fmt: skip
     "bootstrap": Refused(_DISAGG),
     "disagg_ack_timeout": Refused(_DISAGG),
     "disagg_dead_after": Refused(_DISAGG),

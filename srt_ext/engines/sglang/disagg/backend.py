@@ -112,8 +112,9 @@ def _extend_transfer_backend_enum() -> None:
 
 
 def register() -> None:
-    """Make ``--disaggregation-transfer-backend zmq`` a backend SGLang can load
-    (idempotent; called from ``srt_ext.engines.sglang.plugin.register``)."""
+    """Make ``--disaggregation-transfer-backend zmq`` a backend SGLang can load, and
+    install the PD stream hooks (``streams.hooks``; inert off a PD prefill server).
+    Idempotent; called from ``srt_ext.engines.sglang.plugin.register``."""
     from sglang.srt.arg_groups.choices import DISAGG_TRANSFER_BACKEND_CHOICES
     from sglang.srt.plugins.hook_registry import HookRegistry, HookType
     from sglang.srt.server_args import add_disagg_transfer_backend_choices
@@ -121,5 +122,8 @@ def register() -> None:
     if BACKEND not in DISAGG_TRANSFER_BACKEND_CHOICES:
         add_disagg_transfer_backend_choices([BACKEND])
     _extend_transfer_backend_enum()
-    if not any(h is get_kv_class_around for _, h, _ in HookRegistry._hooks.get(GET_KV_CLASS, [])):
-        HookRegistry.register(GET_KV_CLASS, get_kv_class_around, HookType.AROUND)
+    from srt_ext.engines.sglang.disagg import streams
+
+    for target, hook, kind in [(GET_KV_CLASS, get_kv_class_around, "AROUND"), *streams.hooks()]:
+        if not any(h is hook for _, h, _ in HookRegistry._hooks.get(target, [])):
+            HookRegistry.register(target, hook, HookType[kind])

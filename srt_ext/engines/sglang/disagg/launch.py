@@ -22,6 +22,8 @@ from srt_ext.engines.sglang.launch import SGLangServer, SGLangServerConfig
 
 DECODE_URL_ENV = "STREAM2LLM_PD_DECODE_URL"
 BOOTSTRAP_PORT_ENV = "STREAM2LLM_PD_BOOTSTRAP_PORT"
+DECODE_KEY_ENV = "STREAM2LLM_PD_DECODE_API_KEY"
+DEFAULT_BOOTSTRAP_PORT = 8998  # SGLang's --disaggregation-bootstrap-port default
 TRANSFER_BACKENDS = ("zmq", "mooncake", "mooncake_tcp", "nixl", "mori", "ascend", "fake")
 
 
@@ -40,11 +42,24 @@ def pd_args(mode: str, backend: str = "zmq", bootstrap_port: int | None = None) 
     argv = ["--disaggregation-mode", mode, "--disaggregation-transfer-backend", backend]
     if bootstrap_port:
         argv += ["--disaggregation-bootstrap-port", str(bootstrap_port)]
+    if mode == "prefill":
+        # a partial stream's row must not be sent after its step (SGLang's overlap
+        # loop ships a chunked row's KV from the result processor)
+        argv += ["--disable-overlap-schedule"]
     if mode == "decode":
         # SGLang infers host_pool (a HiCache pool) for a decode server's retraction
         # backup; per-request host tensors need no HiCache
         argv += ["--disaggregation-decode-retraction-backup", "cpu_tensor"]
     return argv
+
+
+def pd_env(cfg: SGLangServerConfig) -> dict[str, str]:
+    """A prefill server's environment for the stream hand-off (``streams``)."""
+    env = {DECODE_URL_ENV: str(cfg.decode_url).rstrip("/"),
+           BOOTSTRAP_PORT_ENV: str(cfg.bootstrap_port or DEFAULT_BOOTSTRAP_PORT)}  # fmt: skip
+    if cfg.api_key and not cfg.api_key_file:
+        env[DECODE_KEY_ENV] = cfg.api_key
+    return env
 
 
 @dataclass
@@ -72,29 +87,44 @@ class PDPair:
         self.decode: SGLangServer | None = None
         self.bootstrap_port = 0
 
-    def _side(self, mode: str, over: dict[str, Any], env: dict[str, str]) -> SGLangServer:
-        base = self.cfg.server
+    def _side(self, mode: str, over: dict[str, Any]) -> SGLangServer:
         fields = dict(over)
         if mode == "decode" and self.cfg.decode_max_total_tokens:
             fields.setdefault("max_total_tokens", self.cfg.decode_max_total_tokens)
-        extra = list(base.extra_args) + pd_args(mode, self.cfg.transfer_backend,
-                                                self.bootstrap_port)  # fmt: skip
-        cfg = dataclasses.replace(base, extra_args=extra, env={**base.env, **env}, **fields)
-        if mode == "decode":
-            cfg.port = fields.get("port", 0)
+        fields.update(disaggregation_mode=mode, transfer_backend=self.cfg.transfer_backend,
+                      bootstrap_port=self.bootstrap_port)  # fmt: skip
+        if mode == "prefill":
+            assert self.decode is not None
+            fields["decode_url"] = self.decode.url
+        cfg = dataclasses.replace(self.cfg.server, **fields)
         log = self.log_dir / f"{mode}.log" if self.log_dir else None
         return SGLangServer(cfg, log_path=log)
 
     def start(self, progress: bool = False) -> PDPair:
         self.bootstrap_port = self.cfg.bootstrap_port or free_port(self.cfg.server.host)
         try:
-            self.decode = self._side("decode", self.cfg.decode, {}).start(progress=progress)
-            env = {DECODE_URL_ENV: self.decode.url, BOOTSTRAP_PORT_ENV: str(self.bootstrap_port)}
-            self.prefill = self._side("prefill", self.cfg.prefill, env).start(progress=progress)
+            self.decode = self._side("decode", self.cfg.decode).start(progress=progress)
+            self.prefill = self._side("prefill", self.cfg.prefill).start(progress=progress)
         except BaseException:
             self.stop()
             raise
         return self
+
+    def restart(self, side: str, progress: bool = False) -> SGLangServer:
+        """Start ``side`` (prefill | decode) again after it died or was stopped, on the
+        same bootstrap port (a new decode server gets a new URL: the prefill server
+        is started again too, to be told it)."""
+        if side == "decode":
+            if self.decode is not None:
+                self.decode.stop()
+            self.decode = self._side("decode", self.cfg.decode).start(progress=progress)
+            side = "prefill"
+        if side != "prefill":
+            raise ValueError(f"side {side!r}: prefill or decode")
+        if self.prefill is not None:
+            self.prefill.stop()
+        self.prefill = self._side("prefill", self.cfg.prefill).start(progress=progress)
+        return self.prefill
 
     def stop(self) -> None:
         for s in (self.prefill, self.decode):
