@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -35,7 +36,7 @@ class Layout:
     attn_block: int
 
     @classmethod
-    def from_profile(cls, profile: dict) -> Layout | None:
+    def from_profile(cls, profile: dict[str, Any]) -> Layout | None:
         lay = profile.get("layout")
         if not lay:
             return None
@@ -104,7 +105,7 @@ class StepModel:
         return t + self.f * x["dense"] + self.g * x["blocks"] + self.h * x["lm"]
 
 
-def _points(profile: dict) -> list[tuple[list[tuple[int, int]], int, float]]:
+def _points(profile: dict[str, Any]) -> list[tuple[list[tuple[int, int]], int, float]]:
     """The profile's timed steps as ``(items, samples, seconds)``: its ``steps``
     design when it has one (timed as a server runs them, each once), else every
     point (prefill, decode, chunks at depth, batches: each timed repeatedly)."""
@@ -130,7 +131,7 @@ def _points(profile: dict) -> list[tuple[list[tuple[int, int]], int, float]]:
     return pts
 
 
-def fit_step(profile: dict) -> StepModel:
+def fit_step(profile: dict[str, Any]) -> StepModel:
     """Non-negative least squares on relative error (short steps matter as much as
     long ones). Without ``chunk``/``batch``/``steps`` points only ``a, b, c`` are
     identifiable (the decode points' C and I equal their T)."""
