@@ -60,3 +60,30 @@ def test_replies_are_matched_by_rid() -> None:
         fe.on_output(StreamChunkOutput(rid="nobody-waits"))  # a late reply is dropped
 
     asyncio.run(main())
+
+
+def test_an_unacknowledged_chunk_aborts_its_stream(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A chunk the scheduler does not acknowledge in time may still be applied later,
+    so the stream is aborted behind it (same queue, so after it): 504 naming that,
+    then the stream is gone on this side, and no later chunk can interleave."""
+    from srt_ext.engines.sglang import frontend as fe_mod
+    from srt_ext.engines.sglang.messages import StreamChunkReq
+
+    async def main() -> None:
+        fe, sent = _frontend()
+        fe._tok = SimpleNamespace(vocab_size=100)
+        silent = lambda msg: sent.append(msg)  # noqa: E731  (a scheduler busy in a forward)
+        fe.tm._dispatch_to_scheduler = silent
+        st = fe.streams["s"] = HttpStream("s", "append", {})
+        st.sent = True
+        monkeypatch.setattr(fe_mod, "REPLY_TIMEOUT_S", 0.05)
+        with pytest.raises(StreamHTTPError) as err:
+            await fe.chunk("s", None, [5, 6], False, None, None)
+        assert err.value.status == 504 and "was aborted" in err.value.reason
+        assert [type(m) for m in sent] == [StreamChunkReq, StreamAbortReq]
+        assert [m.rid for m in sent] == ["s", "s"] and "s" not in fe.streams and not fe.waiters
+        with pytest.raises(StreamHTTPError) as gone:
+            await fe.chunk("s", None, [7], True, None, None)
+        assert gone.value.status == 404
+
+    asyncio.run(main())

@@ -59,7 +59,9 @@ def _wait(srv: EngineServer, cond: Any, what: str, timeout: float = 120.0) -> di
 async def _streams(url: str, prompts: list[list[int]], pieces: int,
                    between: Any = None) -> tuple[list[list[int]], list[int]]:  # fmt: skip
     """Send each prompt as ``pieces`` append chunks, all streams in lockstep; call
-    ``between(i)`` after chunk round ``i``; returns outputs and final-ack cached tokens."""
+    ``between(i)`` after chunk round ``i``; returns outputs and, per stream, the tokens
+    computed before its final chunk: the least of its final ack's ``cached_tokens``
+    and its result's ``meta_info.cached_tokens`` (a preemption may come between)."""
     async with AsyncClient(url) as ac:
         cuts = [[len(p) * k // pieces for k in range(pieces + 1)] for p in prompts]
         rids = await asyncio.gather(*(ac.open_stream(sampling_params=SP, input_ids=p[: c[1]])
@@ -74,7 +76,10 @@ async def _streams(url: str, prompts: list[list[int]], pieces: int,
             if between and k < pieces - 1:
                 await asyncio.to_thread(between, k)
         outs = await asyncio.gather(*(ac.result(r) for r in rids))
-    return [list(o["output_ids"]) for o in outs], [a.cached_tokens for a in acks]
+    found = [o["meta_info"]["cached_tokens"] for o in outs]  # what the final input found
+    assert all(0 <= f <= a.input_tokens for f, a in zip(found, acks, strict=True))
+    before = [min(a.cached_tokens, f) for a, f in zip(acks, found, strict=True)]
+    return [list(o["output_ids"]) for o in outs], before
 
 
 def test_every_partial_stream_is_prefilled_before_its_final_chunk() -> None:

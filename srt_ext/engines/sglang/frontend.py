@@ -45,7 +45,10 @@ from srt_ext.stats_schema import EngineStats
 from stream2llm.lcp import common_prefix_len
 
 KEEP_RESULTS = 10_000  # finished streams whose result stays readable (as the reference)
-REPLY_TIMEOUT_S = 30.0
+# The scheduler answers between forward passes, and one pass of SGLang's chunked
+# prefill on a CPU can take a minute under load; a chunk not acknowledged by then
+# aborts its stream (``chunk``), since the scheduler may still apply it later.
+REPLY_TIMEOUT_S = float(os.environ.get("STREAM2LLM_REPLY_TIMEOUT_S", "300"))
 READER_POLL_S = 0.5  # how often a waiting result reader is checked for having left
 logger = logging.getLogger(__name__)
 
@@ -267,9 +270,11 @@ class StreamFrontend:
         try:
             reply = await self.call(StreamOpenReq(rid=st.rid, mode=st.mode, final=final,
                                                   generate=tokenized))  # fmt: skip
-        except BaseException:
+        except BaseException as exc:
             tm.rid_to_state.pop(st.rid, None)
             st.collector.cancel()
+            if isinstance(exc, StreamHTTPError) and exc.status == 504:
+                self._abandon(st)  # the open may still be applied: end it behind
             raise
         if reply.error is not None:
             tm.rid_to_state.pop(st.rid, None)
@@ -304,8 +309,17 @@ class StreamFrontend:
                 reply = await self._start(st, new, final)
             else:
                 sp = self._sampling_params(sampling) if sampling is not None else None
-                reply = await self.call(StreamChunkReq(rid=rid, input_ids=new, final=final,
-                                                       keep=keep, sampling_params=sp))  # fmt: skip
+                msg = StreamChunkReq(rid=rid, input_ids=new, final=final, keep=keep,
+                                     sampling_params=sp)  # fmt: skip
+                try:
+                    reply = await self.call(msg)
+                except StreamHTTPError as exc:
+                    if exc.status == 504:
+                        self._abandon(st)
+                        raise StreamHTTPError(504, f"the scheduler did not acknowledge the chunk "
+                                              f"in {REPLY_TIMEOUT_S:g} s; stream {rid} was aborted "
+                                              "(the chunk may still have been applied)") from None
+                    raise
                 if reply.error is not None:
                     raise StreamHTTPError(reply.status, reply.error)
             st.input_tokens = reply.input_tokens
@@ -314,6 +328,14 @@ class StreamFrontend:
             if final:
                 st.final, st.final_t = True, time.monotonic()
             return reply
+
+    def _abandon(self, st: HttpStream) -> None:
+        """End a stream whose chunk went unacknowledged: the scheduler may apply that
+        chunk later, so this side no longer knows the stream's input. The abort goes
+        after the chunk on the same queue, so the scheduler applies it after the chunk
+        and releases the stream; its reader gets SGLang's abort."""
+        self.streams.pop(st.rid, None)
+        self.tm._dispatch_to_scheduler(StreamAbortReq(rid=st.rid))
 
     def _sampling_params(self, sampling: dict[str, Any]) -> Any:
         """SGLang's ``SamplingParams``, normalized and verified as the TM does."""

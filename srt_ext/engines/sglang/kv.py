@@ -78,6 +78,10 @@ def park(table: StreamTable, info: StreamInfo, req: Any, tree: Any) -> int:
         pin(tree, info, req.last_node)
     info.parked = True
     table.parked[req.rid] = req
+    # SGLang's ``meta_info.cached_tokens`` adds ``prefix - already_computed`` at each
+    # admission, which goes negative once a cut leaves less than was computed. For a
+    # stream it should say what the final input found computed: count from zero again.
+    req.cached_tokens = req.already_computed = 0
     return computed(tree, info)
 
 

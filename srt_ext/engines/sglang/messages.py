@@ -168,6 +168,8 @@ def handle_stream_chunk(scheduler: Any, msg: StreamChunkReq) -> StreamChunkOutpu
     if where == "parked":
         kv.unpark(t, info, req, scheduler.waiting_queue)
     cached = tree.depth(info.pin) if info.pin is not None else int(req.prefix_len or 0)
+    if info.host_tokens is not None:  # swapped out: computed, kept in host memory
+        cached = max(cached, len(info.host_tokens))
     if info.pending_input is not None:  # the cut comes between steps; ack what will survive it
         cached = min(cached, common_prefix_len(req.origin_input_ids, info.pending_input))
     return StreamChunkOutput(
