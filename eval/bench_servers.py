@@ -42,7 +42,7 @@ class ServerSpec:
     engine: str
     model_path: str | None
     max_total_tokens: int
-    threads: int = 1
+    threads: int = 0  # 0: the engine's default (torch: all cores)
     token_budget: int | None = None  # reference --token-budget / SGLang --chunked-prefill-size
     startup_timeout: float = 900.0
 

@@ -324,7 +324,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                    help="smollm2-135m-instruct (default), tiny-random, or a checkpoint dir")
     p.add_argument("--seed", type=int, default=0, help="picks the passages and questions")
     p.add_argument("--max-new-tokens", type=int, default=16)
-    p.add_argument("--threads", type=int, default=1, help="torch/OMP threads per server process")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch/OMP threads per server process (0: each engine's default, all cores)")
     p.add_argument("--token-budget", type=int, default=None,
                    help="prefill tokens per step (reference --token-budget, SGLang "
                    "--chunked-prefill-size); default: each engine's own")  # fmt: skip
