@@ -23,6 +23,11 @@ Per question and retriever, on one server:
 Scored: retrieval recall (a gold passage in the context), contains-gold and token F1
 of the answer's first line (:mod:`eval.qa_metrics`), identical-output rate, and per
 chunk index the accuracy and time to first token since the query started.
+
+The server is SGLang's own with our plugin (`stream2llm eval-quality` starts it).
+Every TTFT is the client's: from sending the request's last input (the final chunk,
+or a one-shot ``/generate``) to its first output token on the event stream, the same
+clock for streamed and one-shot answers (SGLang's ``/generate`` reports no TTFT).
 """
 
 from __future__ import annotations
@@ -111,6 +116,7 @@ class _Live:
     chunk_t: list[float] = field(default_factory=list)
     chunk_passages: list[list[str]] = field(default_factory=list)
     result: dict[str, Any] = field(default_factory=dict)
+    ttft_s: float = float("nan")  # final chunk sent -> first token on the result's SSE
 
     @property
     def final_ids(self) -> list[int]:
@@ -184,20 +190,33 @@ class QualityRun:
 
         live = _Live("update" if retriever == "search" else "append")
         t0 = time.monotonic()
-        rid = None
+        rid, reader, sent_final = None, None, float("nan")
         async with AsyncClient(self.url) as client:
             async for text, final in self._chunks(retriever, q, live):
                 ids = self.tokenize(text)
                 live.chunk_ids.append(ids)
                 live.chunk_t.append(time.monotonic() - t0)
+                if final:
+                    sent_final = time.monotonic()
                 if rid is None:
                     rid = await client.open_stream(mode=live.mode, sampling_params=self.sampling,
                                                    input_ids=ids, final=final)
+                    reader = asyncio.create_task(_first_token_at(client, rid))
                 else:
                     await client.send_chunk(rid, input_ids=ids, final=final)
-            assert rid is not None, "retrieval produced no chunk"
+            assert rid is not None and reader is not None, "retrieval produced no chunk"
+            live.ttft_s = await reader - sent_final
             live.result = await client.result(rid)
         return live
+
+    def _one_shot(self, ids: list[int]) -> tuple[dict[str, Any], float]:
+        """One ``/generate`` of ``ids``: (its last event, send -> first token)."""
+        t0, ttft, last = time.monotonic(), float("nan"), {}
+        for ev in self.client.generate_stream(input_ids=ids, sampling_params=self.sampling):
+            if ev.get("output_ids") and ttft != ttft:
+                ttft = time.monotonic() - t0
+            last = ev
+        return last, ttft
 
     # ---- one question ---------------------------------------------------------------
     def _point(self, i: int, q: QAItem, text: str, pids: list[str], t: float,
@@ -218,21 +237,27 @@ class QualityRun:
             if i < len(inputs) and not self.s.curve:
                 continue
             if i == len(inputs) or ids == final_ids:  # e.g. an unchanged last version
-                res = live.result
+                res, ttft = live.result, live.ttft_s
             else:  # the stream's KV is still cached: this is answering early, streamed
-                res = self.client.generate(input_ids=ids, sampling_params=self.sampling)
-            points.append(self._point(i, q, res["text"], pids, t,
-                                      float(res["meta_info"]["ttft_s"])))
+                res, ttft = self._one_shot(ids)
+            points.append(self._point(i, q, res["text"], pids, t, ttft))
         self.client.flush_cache()  # the baseline pays its whole prefill, as it would have
-        one = self.client.generate(input_ids=final_ids, sampling_params=self.sampling)
+        one, one_ttft = self._one_shot(final_ids)
         return Record(
             qid=q.id, retriever=retriever, question=q.question, answers=list(q.answers),
             gold_passages=list(q.passage_ids), input_tokens=len(final_ids),
-            retrieval_s=live.chunk_t[-1], stream_ttft_s=float(live.result["meta_info"]["ttft_s"]),
-            oneshot_ttft_s=float(one["meta_info"]["ttft_s"]),
+            retrieval_s=live.chunk_t[-1], stream_ttft_s=live.ttft_s, oneshot_ttft_s=one_ttft,
             same_output=live.result["output_ids"] == one["output_ids"],
             stream_text=live.result["text"], points=points,
         )
+
+
+async def _first_token_at(client: Any, rid: str) -> float:
+    """When the first output token of stream ``rid`` arrived (monotonic clock)."""
+    async for ev in client.stream_result(rid):
+        if ev.get("output_ids"):
+            return time.monotonic()
+    return float("nan")
 
 
 def records_from_json(rows: list[dict[str, Any]]) -> list[Record]:

@@ -1,5 +1,8 @@
 """`stream2llm eval-quality`: the question set through a real server, both retrievers.
 
+The server is SGLang's own with the stream2llm plugin (``SGLangServer``, the
+default engine), started here and stopped at the end.
+
 Prints a per-retriever table (recall@k, contains-gold accuracy, token F1,
 identical-output rate streaming vs non-streaming, latencies) and the
 accuracy-vs-chunk curve, writes everything as JSON and draws the curve as a PNG.
@@ -100,8 +103,8 @@ def run(args: argparse.Namespace) -> int:
     from eval.quality import RETRIEVERS, QualityRun, Settings
     from eval.quality_site import SiteSearch, generate_corpus_site, serve_corpus_site
     from retrievers.corpus import builtin_passages
-    from srt_ext.api.server import resolve_model_path
-    from srt_ext.launch import launch_server
+    from srt_ext.engines.reference.model_store import resolve_model
+    from srt_ext.engines.sglang.launch import SGLangServer, SGLangServerConfig
 
     if args.from_json:
         return render(args)
@@ -135,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
         index = load_or_build_index(passages)
     from retrievers.cli import layout_from_args
 
-    model = resolve_model_path(args.model_path)
+    model = resolve_model(args.model_path)
     layout = layout_from_args(args)  # the model's chat template (or --prompt plain)
     tok = AutoTokenizer.from_pretrained(model)
     tok.model_max_length = 1 << 30  # the server checks the model's context, not the tokenizer
@@ -162,8 +165,10 @@ def run(args: argparse.Namespace) -> int:
     done = {(r.qid, r.retriever) for r in records}
     with tempfile.TemporaryDirectory(prefix="s2l-corpus-site-") as root:
         paths = generate_corpus_site(root, passages)
-        with launch_server(model_path=args.model_path, max_total_tokens=args.max_total_tokens,
-                           threads=args.threads, token_budget=args.token_budget) as srv, \
+        cfg = SGLangServerConfig(model_path=str(model), max_total_tokens=args.max_total_tokens,
+                                 threads=args.threads, chunked_prefill_size=args.token_budget)
+        print("starting SGLang's server with the stream2llm plugin", flush=True)
+        with SGLangServer(cfg).start(progress=True) as srv, \
                 serve_corpus_site(root, delay_s=settings.page_delay_s) as site:
             t_ready = time.monotonic() - prior_answer_s
             runner = QualityRun(srv.url, tokenize, settings, index, SiteSearch(passages, site),
@@ -207,11 +212,11 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--no-curve", action="store_true",
                    help="skip the answers after each non-final chunk (about half the time)")
     p.add_argument("--threads", type=int, default=1,
-                   help="engine threads (0: torch default); 1 because two OpenMP threads on a "
+                   help="threads per SGLang process (0: SGLang's choice); 1 because two OpenMP threads on a "
                    "busy 2-core machine ran ~10x slower than one (docs/quality.md)")
     p.add_argument("--token-budget", type=int, default=256,
-                   help="tokens per engine step: small steps keep the worker answering chunk "
-                   "messages quickly on a slow CPU")
+                   help="tokens per engine step (SGLang's --chunked-prefill-size): small steps "
+                   "keep the scheduler answering chunk messages quickly on a slow CPU")
     p.add_argument("--max-total-tokens", type=int, default=32768, help="KV pool size")
     p.add_argument("--resume", action="store_true",
                    help="keep the answers already in OUT/quality.json, run the rest")
