@@ -14,6 +14,9 @@ embedder). It prints, next to the synthetic generator's, the prefix that each up
 shares with the previous version (:mod:`eval.lcp_profile`; docs/workloads.md).
 :func:`expand` turns a recorded trace into a simulator workload with the fitted
 timings and the paper's mean input length, so only the prompt structure differs.
+
+No serving engine is involved (no server is started): recording runs our retrievers
+and the embedder's tokenizer, ``--sim-qps`` the simulator with a hardware profile.
 """
 
 from __future__ import annotations

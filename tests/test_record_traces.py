@@ -46,3 +46,31 @@ def test_expand_keeps_structure_scales_tokens_and_retimes() -> None:
     assert [q.arrival_s for q in qs] == sorted(q.arrival_s for q in qs)
     with pytest.raises(ValueError):
         expand([], "anns", 1.0, 1, 0)
+
+
+def test_record_traces_cli_summarizes_and_simulates(tmp_path, capsys) -> None:
+    """The command end to end on traces already recorded (`--no-record`): it needs no
+    server on any engine (retrievers + simulator), prints each update trace's LCP
+    profile next to the synthetic one, the crawl summary, and the simulated ratios."""
+    from stream2llm.cli import main
+    from stream2llm.trace import write_trace
+
+    upd = [_q(f"u{i}", [[1, 2, 3, 4] * 20, [1, 2, 3, 5] * 20, [1, 2, 3, 5] * 20])
+           for i in range(3)]  # fmt: skip
+    crawl = [_q("c0", [[7] * 30, [8] * 40], mode="append")]
+    write_trace(tmp_path / "anns-mine.jsonl", upd)
+    write_trace(tmp_path / "crawler-site.jsonl", crawl)
+    argv = ["record-traces", "--out", str(tmp_path), "--no-record", "--synthetic-queries", "30",
+            "--sim-qps", "2", "--sim-queries", "12"]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    mine = next(ln for ln in lines if ln.startswith("anns-mine"))
+    # 3 versions per query, 2 updates each; every update keeps 3/80 then 80/80 tokens
+    assert mine.split()[1:4] == ["3", "6", "0.5188"]  # (3/80 + 80/80) / 2
+    assert "crawler-site: 1 crawls, 2.00 chunks, 70 tokens per query" in out
+    sim = [ln for ln in lines if ln.startswith(("synthetic ", "anns-mine "))]
+    assert {ln.split()[0] for ln in sim} == {"synthetic", "anns-mine"}
+    assert any("non-streaming" in ln for ln in sim)
+    with pytest.raises(SystemExit):
+        main(["record-traces", "--out", str(tmp_path / "empty"), "--no-record"])
