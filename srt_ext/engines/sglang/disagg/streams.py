@@ -5,15 +5,13 @@ the final chunk.
 Scheduler side (prefill server, ``--disaggregation-mode prefill``), hooks on
 SGLang's PD prefill mixin and scheduler:
 
-* AROUND ``Scheduler._add_request_to_queue``: a stream that is not final yet goes
-  to the waiting queue as on a co-located server, without a KV sender (it has no
-  decode peer yet); a final one gets its bootstrap fields (this server's own
-  bootstrap server, ``room_of(rid)``) and goes SGLang's PD way, through the
-  bootstrap queue.
+* AROUND ``Scheduler._add_request_to_queue``: a stream goes to the waiting queue
+  as on a co-located server, without a KV sender (it has no decode peer yet).
 * AROUND ``get_next_disagg_prefill_batch_to_run`` (the PD prefill loop's step;
   ``steps.next_batch_around`` hooks the co-located one): partial rows are parked
   (``steps.settle``), idle streams give way (``pressure.make_room``), and a stream
-  whose final chunk arrived leaves the waiting queue for the bootstrap queue.
+  whose final chunk arrived leaves the waiting queue for SGLang's bootstrap queue,
+  with its bootstrap fields (this server's bootstrap server, ``room_of(rid)``).
   There the decode server's receiver finds it; once bootstrapped it is admitted
   as an ordinary request, matches its pinned prefix, prefills what is left,
   samples the first token, and SGLang's sender ships every page of its KV.
@@ -85,23 +83,25 @@ def _set_bootstrap(scheduler: Any, req: Any) -> None:
 
 
 def add_request_around(original: Callable, scheduler: Any, req: Any, *a: Any, **k: Any) -> Any:
+    """AROUND ``Scheduler._add_request_to_queue`` on a PD prefill server: a stream
+    joins the waiting queue without a sender, as on a co-located server (final at
+    its open or not: ``_send_final_streams`` hands it to SGLang's bootstrap queue)."""
     from srt_ext.engines.sglang.state import table
 
     if not _is_prefill(scheduler):
         return original(scheduler, req, *a, **k)
     info = table().streams.get(req.rid)
-    if info is None or not info.is_stream:
+    if info is None or not info.is_stream or req.disagg_kv_sender is not None:
         return original(scheduler, req, *a, **k)
-    if info.final:
-        _set_bootstrap(scheduler, req)
-        return original(scheduler, req, *a, **k)
-    scheduler.waiting_queue.append(req)  # a partial stream: no decode peer yet
+    scheduler.waiting_queue.append(req)
     req.time_stats.set_wait_queue_entry_time()
     return None
 
 
 def _send_final_streams(scheduler: Any) -> None:
-    """Final streams still in the waiting queue without a sender -> bootstrap queue."""
+    """Final streams still in the waiting queue without a sender -> SGLang's
+    bootstrap queue, with this server's bootstrap address and ``room_of(rid)``
+    (the room the HTTP side gave the decode request)."""
     from srt_ext.engines.sglang.state import table
 
     t = table()
@@ -112,8 +112,16 @@ def _send_final_streams(scheduler: Any) -> None:
     if not moving:
         return
     scheduler.waiting_queue = [r for r in scheduler.waiting_queue if r not in moving]
+    from srt_ext.engines.sglang import kv
+
     for req in moving:
-        scheduler._add_request_to_queue(req)
+        # the pin ends here: SGLang's bootstrap-queue paths (abort, a failed
+        # bootstrap) know nothing of it. Until admission the prefix is evictable
+        # (recomputed if pressure took it: still exact)
+        kv.unpin(scheduler.tree_cache, t.streams[req.rid])
+        _set_bootstrap(scheduler, req)
+        scheduler.disagg_prefill_bootstrap_queue.add(req, scheduler.model_config.num_key_value_heads)
+        req.time_stats.set_prefill_bootstrap_queue_entry_time()
 
 
 def next_prefill_batch_around(original: Callable, scheduler: Any, running_batch: Any,
