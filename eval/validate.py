@@ -1,6 +1,17 @@
 """`stream2llm validate`: does the simulator predict the real engine on this machine?
 
-    stream2llm validate [--out out/validate] [--num-queries 30] [--profile FILE]
+    stream2llm validate [--engine sglang|reference] [--out out/validate] [--num-queries 30]
+        [--profile FILE]
+
+``--engine sglang`` (the default) validates SGLang's own engine with our plugin:
+the profile is `stream2llm profile`'s SGLang one (srt_ext/cli/profile_sglang.py:
+its server's prefill and decode, swaps through its KV pool, the HTTP legs as
+round trips less SGLang's own latency), the server is ``SGLangServer`` (policy
+fcfs, preemption cost with that profile as its cost model, ``--chunked-prefill-size``
+the budget), and the replay's TTFT is the client's. SGLang's scheduler logs no
+steps and stamps no legs, so the calibration pass below only warms the server
+there (no engine-speed factor, no per-leg table). ``--engine reference`` runs the
+description below on our retiring engine.
 
 One run, one machine, one set of conditions: (1) ``stream2llm profile``
 measures the forward-pass curves and the fixed costs of the embedded tiny model
@@ -79,6 +90,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                    "unmeasured calibration pass ran at (measured / predicted forward time "
                    "of its logged steps; this VM's speed drifts between the profile and "
                    "the replays); none: the profile as measured")
+    p.add_argument("--engine", choices=("sglang", "reference"), default="sglang",
+                   help="sglang (default): SGLang's own server with our plugin; reference: "
+                   "our retiring engine (its worker's step log and per-leg stamps)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=run)
     return p
@@ -122,10 +136,21 @@ def step_summary(log: Path, prof: Path) -> str:
             f"profile's step model ({100 * (pred - meas) / meas:+.1f}%)") if meas else "no steps"
 
 
-def profile_engine(out: Path, threads: int) -> Path:
-    """The engine part of `stream2llm profile` for the tiny model, here and now; the
-    HTTP terms come from the validation's own server (``add_http_terms``)."""
+def profile_engine(out: Path, threads: int, engine: str = "reference") -> Path:
+    """`stream2llm profile` for the tiny model, here and now. Reference engine: its
+    engine part (the HTTP terms come from the validation's own server,
+    ``add_http_terms``); SGLang's engine: all of it, on a server of its own."""
     from srt_ext.cli.profile import measure, write_profile
+
+    if engine == "sglang":
+        from srt_ext.cli.profile_sglang import measure_sglang
+
+        ns = argparse.Namespace(model_path=TINY_MODEL, dtype="auto", device="cpu", max_tokens=2048,
+                                repeats=5, warmup=1, decode_batches="1,4", kv_capacity_tokens=16384,
+                                name="validate-sglang-cpu", out=str(out), threads=threads,
+                                skip_http=False, quiet=True)  # fmt: skip
+        write_profile(measure_sglang(ns), out)
+        return out
 
     ns = argparse.Namespace(model_path=TINY_MODEL, dtype="auto", device="cpu", max_tokens=2048,
                             repeats=5, warmup=1, steps=192,
@@ -133,6 +158,31 @@ def profile_engine(out: Path, threads: int) -> Path:
                             name="validate-cpu", out=str(out), threads=threads, skip_http=True)  # fmt: skip
     write_profile(measure(ns), out)
     return out
+
+
+@contextmanager
+def served(engine: str, pool: int, threads: int, cpu: int | None, prof: Path,
+           quiet: bool) -> Iterator[Any]:  # fmt: skip
+    """The server the cases replay against (``.url``): SGLang's own with our plugin, or
+    the reference one; scheduler fcfs, preemption cost with ``prof`` as the cost model,
+    the token budget as the prefill chunk, on ``cpu`` when given."""
+    cpus = (cpu,) if cpu is not None else ()
+    if engine == "sglang":
+        from srt_ext.engines.sglang.launch import SGLangServer, SGLangServerConfig
+
+        cfg = SGLangServerConfig(model_path=TINY_MODEL, max_total_tokens=pool, threads=threads,
+                                 chunked_prefill_size=TOKEN_BUDGET, policy="fcfs",
+                                 preemption="cost", cost_model=str(prof.resolve()),
+                                 worker_cpus=cpus)  # fmt: skip
+        with SGLangServer(cfg).start(progress=not quiet) as srv:
+            yield srv
+        return
+    from srt_ext.launch import launch_server
+
+    with launch_server(subprocess=True, model_path=TINY_MODEL, max_total_tokens=pool,
+                       threads=threads, cpus=cpus, cost_model=str(prof.resolve()),
+                       token_budget=TOKEN_BUDGET, scheduler="fcfs", preemption="cost") as h:  # fmt: skip
+        yield h
 
 
 def measured(url: str, text_qs: list[Any], modes: list[str],
@@ -187,8 +237,6 @@ def run(args: argparse.Namespace) -> int:
     from scheduler.cost_model import CostModel
     from srt_ext.api.tokenizer import TokenizerRoom
     from srt_ext.engines.reference.tiny_model import ensure_tiny_model
-    from srt_ext.launch import launch_server
-
     names = [c for c in args.cases.split(",") if c]
     known = {c.name: c for c in CASES}
     bad = [c for c in names if c not in known]
@@ -198,6 +246,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    engine = getattr(args, "engine", "reference")
     t_start = time.time()
     engine_cpu, rest = placement(args.worker_cpu)
     prof = out / "profile.json"
@@ -205,12 +254,13 @@ def run(args: argparse.Namespace) -> int:
         prof.write_text(Path(args.profile).read_text())
     else:
         with pinned(engine_cpu):  # the profile is taken where the worker will run
-            profile_engine(prof, args.threads)
+            profile_engine(prof, args.threads, engine)
     if rest:
         os.sched_setaffinity(0, rest)  # this client and the server's API room (inherited)
     steps_log = out / "steps.jsonl"
     steps_log.unlink(missing_ok=True)
-    os.environ["STREAM2LLM_STEP_LOG"] = str(steps_log)  # read by the server's worker
+    if engine == "reference":
+        os.environ["STREAM2LLM_STEP_LOG"] = str(steps_log)  # read by the server's worker
     tok = TokenizerRoom(ensure_tiny_model())
     cases = [replace(known[n], num_queries=args.num_queries, seed=args.seed) for n in names]
     results: dict[str, dict[str, dict[str, Side]]] = {}
@@ -218,11 +268,9 @@ def run(args: argparse.Namespace) -> int:
     leg_rows: list[dict[str, Any]] = []
     speeds: list[float] = []
     for pool in sorted({c.kv_capacity_tokens for c in cases}, reverse=True):
-        with launch_server(subprocess=True, model_path=TINY_MODEL, max_total_tokens=pool, threads=args.threads,
-                           cpus=(engine_cpu,) if engine_cpu is not None else (),
-                           cost_model=str(prof.resolve()), token_budget=TOKEN_BUDGET,
-                           scheduler="fcfs", preemption="cost") as h:  # fmt: skip
-            fresh = "chunk_s" not in json.loads(prof.read_text()).get("fixed", {})
+        with served(engine, pool, args.threads, engine_cpu, prof, args.quiet) as h:
+            fresh = engine == "reference" and "chunk_s" not in json.loads(
+                prof.read_text()).get("fixed", {})
             if fresh:
                 add_http_terms(prof, h.url)  # the preemption rule reads only the curves
             on_pool = [c for c in cases if c.kv_capacity_tokens == pool]
@@ -239,8 +287,11 @@ def run(args: argparse.Namespace) -> int:
             if fresh:
                 add_pass_terms(prof, cal, args.quiet)
             cm = CostModel.load(prof)
-            speed, n = engine_speed(steps_log, mark, cm)
-            if not args.quiet:
+            speed, n = engine_speed(steps_log, mark, cm)  # (1.0, 0) without a step log
+            if not args.quiet and engine == "sglang":
+                print("engine speed: not measured on SGLang's engine (its scheduler logs no "
+                      "steps); the profile as measured", file=sys.stderr)  # fmt: skip
+            elif not args.quiet:
                 print(f"engine speed in the calibration pass: {speed:.3f}x the profile's "
                       f"({n} steps){'' if args.speed == 'pass' else ', not applied'}",
                       file=sys.stderr)  # fmt: skip
@@ -275,13 +326,14 @@ def run(args: argparse.Namespace) -> int:
     if leg_rows:
         print("\nwhere a TTFT goes (medians, ms)")
         print(format_table(leg_rows, list(leg_rows[0])))
-    print(step_summary(steps_log, prof))
+    if engine == "reference":
+        print(step_summary(steps_log, prof))
     fails = sum(r["verdict"] == "FAIL" for r in rows)
     print(f"{fails} of {sum(r['verdict'] != '-' for r in rows)} cells fail; "
           f"{time.time() - t_start:.0f} s")
     plot = plot_cdfs(results, out / "validate-cdf.png")
     (out / "validate.json").write_text(json.dumps({
-        "profile": str(prof), "cases": [asdict(c) for c in cases], "tolerance": TOL,
+        "engine": engine, "profile": str(prof), "cases": [asdict(c) for c in cases], "tolerance": TOL,
         "token_budget": TOKEN_BUDGET, "rows": rows, "legs": leg_rows,
         "engine_speed": {"applied": args.speed == "pass", "per_server": speeds},
         "ttft_s": {n: {k: {m: asdict(s) for m, s in v.items()} for k, v in r.items()}
