@@ -113,7 +113,7 @@ class GatewayState:
 
     def mark_down(self, i: int) -> None:
         r = self.replicas[i]
-        if r.up:
+        if r.up and not self.draining:  # (stopping replicas is the drain's last step)
             log.warning("%s (%s) is down: its streams end with 410", r.name, r.url)
         r.up = r.ready = False
 
