@@ -14,7 +14,11 @@ the shared 2-core box); the SIGTERM test stops it, so it runs last.
   afterwards, new streams avoid it, the restarted process gets new streams and
   the old ones still get 410;
 - SIGTERM: new work 503, an open stream still finishes exactly, one that never
-  finishes is aborted after the grace (410), every process exits.
+  finishes is aborted after the grace (410), every process exits;
+- ``--disaggregation`` (its own cluster, after the first one stopped): 2 replicas,
+  each a prefill/decode pair with our ZMQ KV backend, the router in PD mode:
+  streams exact vs one-shots through the router, a killed pair's stream 410;
+- the CLI's refusals (exit 2).
 """
 
 from __future__ import annotations
@@ -297,6 +301,54 @@ def test_sigterm_drains_together(cluster: Cluster):
     assert cluster.router.proc is not None and cluster.router.proc.poll() is not None
 
 
+def test_disaggregated_cluster():
+    """`--disaggregation`: 2 replicas, each a prefill/decode pair of SGLang servers
+    (KV over our ZMQ backend), the router in its PD mode. Concurrent append and
+    update streams are pinned to their prefill servers and equal one-shots sent
+    through the router's PD mode (flushed cache); killing one pair mid-stream
+    gives its stream a 410 while the other pair's stream finishes exactly."""
+    cfg = SGLangServerConfig(model_path="tiny-random", max_total_tokens=4096, threads=1,
+                             chunked_prefill_size=64, policy="ours", stream_idle_timeout=120,
+                             log_level="warning")  # fmt: skip
+    spec = ClusterSpec(replicas=2, disaggregation=True, server=cfg, shutdown_grace=5,
+                       log_dir=tempfile.mkdtemp(prefix="test-cluster-pd-"), startup_timeout=900)  # fmt: skip
+
+    async def stream(h: httpx.AsyncClient, mode: str, pieces: list[list[int]]) -> tuple[list[int], dict, str]:
+        ack = await open_(h, mode=mode, input_ids=pieces[0])
+        for j, p in enumerate(pieces[1:]):
+            r = await chunk(h, ack["rid"], final=j == len(pieces) - 2, input_ids=p)
+            assert r.status_code == 200 and r.json()["replica"] == ack["replica"], r.text
+        res = await h.get(f"/v1/streams/{ack['rid']}/result")
+        assert res.status_code == 200, res.text
+        final = sum(pieces, []) if mode == "append" else pieces[-1]
+        return final, res.json(), ack["replica"]
+
+    async def run(c: Cluster) -> None:
+        async with httpx.AsyncClient(base_url=c.url, timeout=600) as h:
+            base = ids_of(500, 1)[0]
+            got = await asyncio.gather(stream(h, "append", ids_of(501)), stream(h, "append", ids_of(502)),
+                                       stream(h, "update", [base[:5], base, base + [17, 18]]))  # fmt: skip
+            assert {r for _, _, r in got} == {"replica0", "replica1"}
+            for ids, res, _ in got:
+                await flush(h)
+                assert res["output_ids"] == (await one_shot(h, input_ids=ids))["output_ids"], ids
+            a, b = await open_(h, input_ids=ids_of(510)[0]), await open_(h, input_ids=ids_of(511)[0])
+            assert {a["replica"], b["replica"]} == {"replica0", "replica1"}
+            c.kill_replica(int(a["replica"][-1]))
+            r = await chunk(h, a["rid"], final=True, input_ids=[5, 6, 7])
+            assert r.status_code == 410 and a["replica"] in r.json()["error"], r.text
+            r = await chunk(h, b["rid"], final=True, input_ids=sum(ids_of(511)[1:], []))
+            assert r.status_code == 200, r.text
+            res = (await h.get(f"/v1/streams/{b['rid']}/result")).json()
+            await flush(h)
+            assert res["output_ids"] == (await one_shot(h, input_ids=sum(ids_of(511), [])))["output_ids"]
+
+    with Cluster(spec) as c:
+        kinds = Counter(w["worker_type"] for w in httpx.get(c.router.url + "/workers").json()["workers"])
+        assert kinds == {"prefill": 2, "decode": 2}, kinds
+        asyncio.run(run(c))
+
+
 def test_cli_refusals(capsys: pytest.CaptureFixture[str]):
     """No servers: what `stream2llm cluster` refuses, with exit 2 and the reason."""
     from stream2llm.cli import main
@@ -305,8 +357,8 @@ def test_cli_refusals(capsys: pytest.CaptureFixture[str]):
         rc = main(["cluster", *args])
         return rc, capsys.readouterr().err
 
-    rc, err = cli("--replicas", "2", "--disaggregation")
-    assert rc == 2 and "--disaggregation" in err, err
+    rc, err = cli("--replicas", "2", "--disaggregation", "--", "--decode-url", "http://127.0.0.1:1")
+    assert rc == 2 and "the cluster's to set" in err, err
     rc, err = cli("--replicas", "2", "--", "--engine", "reference")
     assert rc == 2 and "SGLang's engine" in err, err
     rc, err = cli("--replicas", "2", "--", "--disaggregation-mode", "prefill")

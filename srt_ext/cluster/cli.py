@@ -5,8 +5,8 @@
 SERVE ARGS are `stream2llm serve --engine sglang` options (every replica gets them;
 refused ones are refused here, by the same table). Prints the URLs, runs until
 Ctrl-C / SIGTERM, then drains everything together (docs/scale-out.md).
-``--disaggregation`` (each replica a prefill/decode pair) exits 2 until SGLang's
-prefill/decode pairs exist (srt_ext/engines/sglang/disagg/).
+``--disaggregation`` makes each replica a prefill/decode pair of SGLang servers
+(srt_ext/engines/sglang/disagg/), the router in its PD mode.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=30000, help="the cluster's public URL (gateway)")
     p.add_argument("--router-port", type=int, default=0, help="SGLang's router (0: a free port)")
     p.add_argument("--disaggregation", action="store_true",
-                   help="each replica a prefill/decode pair (not available yet: exits 2)")
+                   help="each replica a prefill/decode pair of SGLang servers (KV over ZMQ; "
+                        "--disaggregation-transfer-backend after -- picks another)")
     p.add_argument("--threads", type=int, default=1,
                    help="OMP threads per SGLang process of each replica")
     p.add_argument("--shutdown-grace", type=float, default=30.0,
@@ -53,6 +54,10 @@ def server_config(serve_args: list[str], threads: int) -> Any:
     for flag in ("--host", "--port"):
         if flag in serve_args:
             raise ValueError(f"{flag} is the cluster's to choose (each replica gets a loopback port)")
+    for flag in ("--disaggregation-mode", "--decode-url", "--disaggregation-bootstrap-port"):
+        if any(a == flag or a.startswith(flag + "=") for a in serve_args):
+            raise ValueError(f"{flag} is the cluster's to set: `stream2llm cluster --disaggregation` "
+                             f"makes each replica a prefill/decode pair")  # fmt: skip
     why = check_args(args)
     if why:
         raise ValueError(why)
@@ -98,7 +103,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"stream2llm cluster: {cluster.url}  (stream API, /generate, OpenAI, /health)", flush=True)
     print(f"  router:   {cluster.router.url}  (sglang-router, one-shot requests)", flush=True)
     for r in cluster.replicas:
-        print(f"  {r.name}: {r.url}  (SGLang server with stream2llm)", flush=True)
+        what = ", ".join(f"{kind} {url}" for kind, url, _ in r.router_workers())
+        print(f"  {r.name}: {r.url}  (SGLang with stream2llm: {what})", flush=True)
     try:
         stop.wait()
     finally:

@@ -4,7 +4,9 @@ What runs where (docs/scale-out.md has the why):
 
 - **replicas**: each one SGLang server (``SGLangReplica``: SGLang's HTTP server,
   TokenizerManager, Scheduler with our tree and hooks, Detokenizer), its own KV
-  pool, on a fixed loopback port (a restarted replica keeps its URL).
+  pool, on a fixed loopback port (a restarted replica keeps its URL); with
+  ``disaggregation`` a prefill/decode pair of SGLang servers (``PDReplica``),
+  streams on the prefill server, the router in its PD mode.
 - **sglang-router** (Rust, ``python -m sglang_router.launch_router``): every
   one-shot request (``/generate``, the OpenAI routes, ``/v1/models``), with its
   own policy (``cache_aware``) and health checks on SGLang's ``/health``.
@@ -38,6 +40,7 @@ from typing import IO, Any
 import httpx
 
 from srt_ext.cluster.replicas import (
+    PDReplica,
     Replica,
     SGLangReplica,
     disaggregated_replica_missing,
@@ -66,7 +69,7 @@ class ClusterSpec:
     router_port: int = 0
     # every replica's SGLang server (host and port are the cluster's to set)
     server: SGLangServerConfig = field(default_factory=SGLangServerConfig)
-    disaggregation: bool = False  # each replica = a prefill/decode pair (not available yet)
+    disaggregation: bool = False  # each replica = a prefill/decode pair (replicas.PDReplica)
     shutdown_grace: float = 30.0  # SIGTERM: seconds open streams get to finish
     health_interval_s: float = 1.0
     log_dir: str | None = None  # one log file per child (default: temp files)
@@ -85,14 +88,15 @@ class Cluster:
     """Start with ``start()``, stop with ``stop()`` (or use it as a context manager)."""
 
     def __init__(self, spec: ClusterSpec) -> None:
-        if spec.disaggregation:
-            raise RuntimeError(disaggregated_replica_missing() or "")
+        if spec.disaggregation and disaggregated_replica_missing():
+            raise RuntimeError(disaggregated_replica_missing())
         self.spec = spec
         self.router_port = spec.router_port or free_port(spec.host)
         self.port = spec.port or free_port(spec.host)
         cfg = spec.server
         base = dataclasses.replace(cfg, host=spec.host, port=0, startup_timeout=spec.startup_timeout)
-        self.replicas: list[Replica] = [SGLangReplica(f"replica{i}", base, spec.log_dir)
+        kind = PDReplica if spec.disaggregation else SGLangReplica
+        self.replicas: list[Replica] = [kind(f"replica{i}", base, spec.log_dir)
                                         for i in range(spec.replicas)]  # fmt: skip
         self.router = _Router([], f"http://{spec.host}:{self.router_port}")
         self._server: Any = None

@@ -107,7 +107,8 @@ class PDReplica:
         host = cfg.host
         self.name = name
         prefill, decode, boot = free_port(host), free_port(host), free_port(host)
-        self.pd = PDConfig(server=dataclasses.replace(cfg, port=0), bootstrap_port=boot,
+        base = dataclasses.replace(cfg, port=0, disaggregation_mode="null", decode_url=None)
+        self.pd = PDConfig(server=base, transfer_backend=cfg.transfer_backend, bootstrap_port=boot,
                            prefill={"port": prefill}, decode={"port": decode})  # fmt: skip
         self.url = f"http://{host}:{prefill}"
         self.decode_url = f"http://{host}:{decode}"
@@ -164,12 +165,11 @@ class PDReplica:
 
 
 def disaggregated_replica_missing() -> str | None:
-    """Why ``--disaggregation`` cannot run (None once the prefill/decode launcher exists)."""
-    import importlib.util
-
-    if importlib.util.find_spec("srt_ext.engines.sglang.disagg") is None:
-        return ("--disaggregation: SGLang prefill/decode pairs are not available yet "
-                "(srt_ext/engines/sglang/disagg/, issue 20 item 1, is not in this build); "
-                "run the cluster without it")  # fmt: skip
-    return ("--disaggregation: srt_ext/engines/sglang/disagg/ exists but the cluster is not "
-            "wired to its launcher yet (docs/scale-out.md, 'Prefill/decode pairs')")  # fmt: skip
+    """Why ``--disaggregation`` cannot run here (None when SGLang's prefill/decode
+    pairs, ``srt_ext.engines.sglang.disagg.launch.PDPair``, are in this build)."""
+    try:
+        from srt_ext.engines.sglang.disagg.launch import PDPair  # noqa: F401
+    except ImportError as exc:
+        return (f"--disaggregation: SGLang prefill/decode pairs are not in this build "
+                f"(srt_ext.engines.sglang.disagg.launch: {exc}); run the cluster without it")  # fmt: skip
+    return None
