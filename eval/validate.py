@@ -75,7 +75,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--cases", default=",".join(c.name for c in CASES), help="comma-separated")
     p.add_argument("--profile", default=None,
                    help="reuse this profile JSON's engine curves (default: measure them); the "
-                   "HTTP terms are measured on the validation's server unless it has them")
+                   "HTTP terms are measured on the validation's server unless it has them "
+                   "(reference engine; SGLang's profile brings its own)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (profile and server)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--worker-cpu", type=int, default=None,
@@ -247,6 +248,11 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     engine = getattr(args, "engine", "reference")
+    if engine == "sglang" and args.calibrate == "cross-pass":
+        print("stream2llm validate: --calibrate cross-pass needs the engine's own step times, "
+              "which SGLang's scheduler does not report (use --engine reference)",
+              file=sys.stderr)  # fmt: skip
+        return 2
     t_start = time.time()
     engine_cpu, rest = placement(args.worker_cpu)
     prof = out / "profile.json"

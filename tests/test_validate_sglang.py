@@ -41,3 +41,9 @@ def test_validate_one_case_on_sglang(tmp_path: Path) -> None:
     used = json.loads(Path(data["profile"]).read_text())
     assert used["machine"]["engine"] == "sglang" and used["fixed"]["request_s"] > 0
     assert data["legs"] == []  # SGLang stamps no per-leg times
+
+
+def test_cross_pass_calibration_is_refused_on_sglang(tmp_path: Path) -> None:
+    """SGLang's scheduler reports no step times (engine_step_s 0): a cross-pass factor
+    would be 0, so the option is refused by name, before anything starts."""
+    assert main(["validate", "--calibrate", "cross-pass", "--out", str(tmp_path)]) == 2
