@@ -16,6 +16,10 @@ Wire (one DEALER per sending thread and peer, one ROUTER per process):
   address. The receiver checks every ``[dst, dst+len)`` lies inside memory it
   registered, copies the blocks in and answers ``[seq, b"ok"]`` (or
   ``[seq, b"err", reason]``; nothing is written then).
+* uniform write (8 or more blocks of one length, i.e. KV pages):
+  ``[b"U", seq, struct n, len, dst * n, payload]``; the sender gathers the blocks
+  with one numpy take per registered source region, the receiver scatters them
+  the same way, after checking every block lies in a region it registered.
 * probe: ``[b"P", seq]`` -> ``[seq, b"ok"]``.
 
 ``batch_transfer_sync`` returns only after the peer's answer, i.e. after the bytes
@@ -33,6 +37,7 @@ import os
 import struct
 import threading
 import time
+from typing import Any
 
 import numpy as np
 import zmq
@@ -43,6 +48,7 @@ TIMEOUT_ENV = "STREAM2LLM_ZMQ_KV_TIMEOUT_S"
 ERR_TIMEOUT = -2
 ERR_REJECTED = -3
 ERR_SEND = -4
+UNIFORM_MIN_BLOCKS = 8  # from this many blocks of one length: the gathered path
 
 
 def _u8(addr: int, length: int) -> np.ndarray:
@@ -80,6 +86,30 @@ class _Regions:
 
     def __len__(self) -> int:
         return len(self._starts)
+
+    def rows(self, addrs: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """For blocks of ``length`` bytes at ``addrs``: (region index, row index) when
+        each lies inside a region at a multiple of ``length`` from its start (KV
+        pages of one layer buffer are), else None."""
+        with self._lock:
+            starts = np.asarray(self._starts, dtype=np.uint64)
+            ends = np.asarray(self._ends, dtype=np.uint64)
+        if len(starts) == 0:
+            return None
+        a = addrs.astype(np.uint64)
+        reg = np.searchsorted(starts, a, side="right").astype(np.int64) - 1
+        if (reg < 0).any():
+            return None
+        off = a - starts[reg]
+        if (off % np.uint64(length)).any() or (a + np.uint64(length) > ends[reg]).any():
+            return None
+        return reg, (off // np.uint64(length)).astype(np.int64)
+
+    def view2d(self, reg: int, length: int) -> np.ndarray:
+        with self._lock:
+            start, end = self._starts[reg], self._ends[reg]
+        n = (end - start) // length
+        return _u8(start, n * length).reshape(n, length)
 
 
 class ZmqTransferEngine:
@@ -136,6 +166,10 @@ class ZmqTransferEngine:
         n = len(srcs)
         if n == 0:
             return 0
+        if n >= UNIFORM_MIN_BLOCKS and len(set(lens)) == 1:
+            rc = self._transfer_uniform(session_id, srcs, dsts, int(lens[0]))
+            if rc is not None:
+                return rc
         for s, ln in zip(srcs, lens, strict=True):
             if not self.regions.covers(int(s), int(ln)):
                 logger.error("zmq KV engine: source [%#x, +%d) is not registered", s, ln)
@@ -154,6 +188,34 @@ class ZmqTransferEngine:
             return ERR_REJECTED
         self.send_seconds += time.perf_counter() - t0
         self.bytes_sent += sum(int(x) for x in lens)
+        self.transfers_sent += 1
+        return 0
+
+    def _transfer_uniform(self, session_id: str, srcs: list[int], dsts: list[int],
+                          length: int) -> int | None:  # fmt: skip
+        """Many blocks of one length (KV pages): gathered into one payload with one
+        numpy take per source region, scattered the same way on arrival. None:
+        not page-aligned in registered regions (the per-block path decides)."""
+        n = len(srcs)
+        found = self.regions.rows(np.asarray(srcs, dtype=np.uint64), length)
+        if found is None:
+            return None
+        reg, rows = found
+        payload = np.empty((n, length), dtype=np.uint8)
+        for r in np.unique(reg):
+            mask = reg == r
+            payload[mask] = self.regions.view2d(int(r), length)[rows[mask]]
+        header = struct.pack("<IQ", n, length) + np.asarray(dsts, dtype="<u8").tobytes()
+        t0 = time.perf_counter()
+        reply = self._request(session_id, [b"U", header, payload])
+        if reply is None:
+            return ERR_TIMEOUT
+        if reply[0] != b"ok":
+            logger.error("zmq KV engine: %s refused a write: %s", session_id,
+                         b" ".join(reply[1:]).decode(errors="replace"))  # fmt: skip
+            return ERR_REJECTED
+        self.send_seconds += time.perf_counter() - t0
+        self.bytes_sent += n * length
         self.transfers_sent += 1
         return 0
 
@@ -227,12 +289,36 @@ class ZmqTransferEngine:
                     answer = [b"ok"]
                 elif kind == b"W":
                     answer = self._write(msg[3].bytes, msg[4:])
+                elif kind == b"U" and len(msg) == 5:
+                    answer = self._write_uniform(msg[3].bytes, msg[4].buffer)
                 else:
                     answer = [b"err", b"unknown message " + kind[:8]]
             except Exception as e:  # a malformed message must not stop the server
                 logger.exception("zmq KV engine: bad message")
                 answer = [b"err", str(e).encode()[:200]]
             self._server.send_multipart([ident, seq, *answer])
+
+    def _write_uniform(self, header: bytes, payload: Any) -> list[bytes]:
+        n, length = struct.unpack_from("<IQ", header)
+        if len(header) != 12 + 8 * n or len(payload) != n * length or length == 0:
+            return [b"err", f"uniform write of {n} x {length}: sizes do not match".encode()]
+        dsts = np.frombuffer(header, dtype="<u8", offset=12, count=n)
+        data = np.frombuffer(payload, dtype=np.uint8).reshape(n, length)
+        found = self.regions.rows(dsts, length)
+        if found is None:  # not page-aligned: block by block, each checked
+            for d in dsts.tolist():
+                if not self.regions.covers(d, length):
+                    return [b"err", f"[{d:#x}, +{length}) is not registered memory".encode()]
+            for i, d in enumerate(dsts.tolist()):
+                _u8(d, length)[:] = data[i]
+            self.bytes_received += n * length
+            return [b"ok"]
+        reg, rows = found
+        for r in np.unique(reg):
+            mask = reg == r
+            self.regions.view2d(int(r), length)[rows[mask]] = data[mask]
+        self.bytes_received += n * length
+        return [b"ok"]
 
     def _write(self, header: bytes, blocks: list) -> list[bytes]:
         (n,) = struct.unpack_from("<I", header)
