@@ -30,7 +30,8 @@ _SHARED: dict[str, SGLangServer] = {}
 # 64-token prefill chunks so a prompt of a few hundred tokens takes several steps
 # (as the reference engine's token budget in the exactness tests)
 DEFAULT_CONFIG: dict[str, Any] = {"model_path": TINY_MODEL, "max_total_tokens": 4096, "threads": 1,
-                                  "chunked_prefill_size": 64, "policy": "ours"}
+                                  "chunked_prefill_size": 64, "policy": "ours",
+                                  "preemption": "recompute"}  # swap: its own server, its own test
 # every sgl_kernel stand-in call of the session's servers lands here (pid op)
 SGL_KERNEL_TRACE = Path(tempfile.gettempdir()) / f"stream2llm-sgl-kernel-{os.getpid()}.trace"
 

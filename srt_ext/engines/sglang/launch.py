@@ -65,6 +65,10 @@ class SGLangServerConfig:
     # the checkpoint's float16/bfloat16, which a CPU without AVX512-BF16/AMX runs
     # emulated: a SmolLM2 linear layer here does 75 GFLOP/s in float32, 12 in float16.
     dtype: str | None = None
+    # SGLang's overlap scheduling. None: off on CPU, where a forward runs on the
+    # scheduler's own thread: there is no device to overlap with, and overlap only
+    # delays each batch's results (first tokens, parking) until the next forward ends.
+    overlap_schedule: bool | None = None
     # serve's options our hooks enforce in SGLang's processes (``option_env``)
     api_key_file: str | None = None  # several keys ("NAME KEY" lines): http_policy.KeyAuth
     max_input_tokens: int | None = None  # 400 over it
@@ -134,6 +138,9 @@ def server_argv(cfg: SGLangServerConfig, model_path: str, port: int) -> list[str
         argv += ["--radix-cache-backend", cfg.radix_cache_backend]
     if cfg.device == "cpu":
         argv += ["--attention-backend", "torch_native"]
+    overlap = cfg.device != "cpu" if cfg.overlap_schedule is None else cfg.overlap_schedule
+    if not overlap:
+        argv += ["--disable-overlap-schedule"]
     if cfg.chunked_prefill_size:
         argv += ["--chunked-prefill-size", str(cfg.chunked_prefill_size)]
     if cfg.api_key and not cfg.api_key_file:  # with a key file it is one of our keys
@@ -166,7 +173,9 @@ def option_env(cfg: SGLangServerConfig) -> dict[str, str]:
         hp.READER_ENV: cfg.reader_disconnect if cfg.reader_disconnect != "keep" else None,
         hp.IDLE_ENV: None if cfg.stream_idle_timeout is None else f"{cfg.stream_idle_timeout:g}",
         state.PREEMPTION_ENV: cfg.preemption,
-        state.COST_MODEL_ENV: cfg.cost_model,
+        # serve's default profile, as the reference engine's; on a GPU none ships for
+        # an arbitrary model, and without one retraction recomputes (SGLang's own way)
+        state.COST_MODEL_ENV: cfg.cost_model or ("cpu-reference" if cfg.device == "cpu" else None),
         state.POLICY_ENV: cfg.policy,
         "OMP_NUM_THREADS": str(cfg.threads) if cfg.threads else None,
     }
