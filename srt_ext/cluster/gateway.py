@@ -173,11 +173,10 @@ class GatewayState:
         r = self.replicas[i]
         try:
             resp = await self.http.get(r.url + "/health", timeout=5.0)
-        except httpx.ConnectError:
-            self.mark_down(i)
-            return
         except httpx.HTTPError:
-            return  # busy (a timeout): no news
+            if await port_refuses(r.url):
+                self.mark_down(i)
+            return  # otherwise busy (a timeout): no news
         if not r.up:
             r.epoch += 1
             log.warning("%s (%s) is back (epoch %d)", r.name, r.url, r.epoch)
@@ -192,6 +191,24 @@ class GatewayState:
                     if p.counted and p.last < cut:
                         self.release(p)
             await asyncio.sleep(interval)
+
+
+async def port_refuses(url: str, tries: int = 3) -> bool:
+    """Whether nothing listens at ``url`` any more (its process is gone). A fresh
+    connection each try: a pooled keep-alive one to a dead process fails with a
+    reset, not a refusal, and would hide it."""
+    for _ in range(tries):
+        try:
+            async with httpx.AsyncClient(timeout=3.0) as c:
+                await c.get(url + "/health")
+            return False
+        except httpx.ConnectError:
+            return True
+        except httpx.TimeoutException:
+            return False  # it is there, busy
+        except httpx.HTTPError:
+            await asyncio.sleep(0.1)  # reset mid-answer: ask again
+    return False
 
 
 def _err(status: int, reason: str) -> JSONResponse:
@@ -265,13 +282,9 @@ def create_gateway_app(router_url: str, replicas: list[tuple[str, str]],
 
     async def _replica_gone(i: int) -> bool:
         """After a failed call: is the replica's process gone (its port refuses)?"""
-        try:
-            await _http().get(gw.replicas[i].url + "/health", timeout=3.0)
-        except httpx.ConnectError:
+        if await port_refuses(gw.replicas[i].url):
             gw.mark_down(i)
             return True
-        except httpx.HTTPError:
-            return False
         return False
 
     # ---- streams ------------------------------------------------------------------
