@@ -110,6 +110,89 @@ def assert_no_leak(url: str, timeout: float = 60.0) -> None:
     assert s["kv_free_tokens"] == s["kv_capacity_tokens"], s
 
 
+# ---- the transfer engine and the backend's registration (no servers) ---------------
+def _engines():
+    import torch
+
+    from srt_ext.engines.sglang.disagg.zmq_engine import ZmqTransferEngine
+
+    a, b = ZmqTransferEngine("127.0.0.1", timeout_s=5), ZmqTransferEngine("127.0.0.1", timeout_s=5)
+    src = [torch.randint(0, 255, (768 * 100,), dtype=torch.uint8) for _ in range(2)]
+    dst = [torch.zeros(768 * 120, dtype=torch.uint8) for _ in range(2)]
+    a.batch_register([t.data_ptr() for t in src], [t.nbytes for t in src])
+    b.batch_register([t.data_ptr() for t in dst], [t.nbytes for t in dst])
+    return a, b, src, dst
+
+
+@pytest.mark.parametrize("n", [3, 40])  # per-block path, gathered same-length path
+def test_zmq_engine_writes_pages_into_registered_memory(n):
+    a, b, src, dst = _engines()
+    rng = random.Random(n)
+    si, di = rng.sample(range(100), n), rng.sample(range(120), n)
+    srcs = [src[k].data_ptr() + x * 768 for k in range(2) for x in si]
+    dsts = [dst[k].data_ptr() + y * 768 for k in range(2) for y in di]
+    assert a.batch_transfer_sync(b.session_id, srcs, dsts, [768] * len(srcs)) == 0
+    for k in range(2):
+        for x, y in zip(si, di, strict=True):
+            assert src[k][x * 768:(x + 1) * 768].equal(dst[k][y * 768:(y + 1) * 768])
+    untouched = sum(int(dst[k].view(120, 768)[y].any()) for k in range(2)
+                    for y in set(range(120)) - set(di))  # fmt: skip
+    assert untouched == 0
+    assert b.bytes_received == a.bytes_sent == 2 * n * 768
+    # unaligned destinations take the per-block path, still checked and exact
+    assert a.batch_transfer_sync(b.session_id, srcs, [d + 5 for d in dsts], [768] * len(srcs)) == 0
+    assert src[0][si[0] * 768:(si[0] + 1) * 768].equal(dst[0][di[0] * 768 + 5:(di[0] + 1) * 768 + 5])
+
+
+def test_zmq_engine_refuses_memory_nobody_registered():
+    a, b, src, dst = _engines()
+    end = dst[1].data_ptr() + dst[1].nbytes
+    before = [t.clone() for t in dst]
+    rc = a.batch_transfer_sync(b.session_id, [src[0].data_ptr()] * 10, [end] * 10, [768] * 10)
+    assert rc < 0 and all(t.equal(u) for t, u in zip(dst, before, strict=True))
+    rc = a.batch_transfer_sync(b.session_id, [src[0].data_ptr()], [end - 100], [768])  # runs past
+    assert rc < 0 and all(t.equal(u) for t, u in zip(dst, before, strict=True))
+    assert a.batch_transfer_sync(b.session_id, [12345], [dst[0].data_ptr()], [8]) < 0  # bad source
+    assert a.send_probe(b.session_id) == 0
+
+
+def test_zmq_engine_gives_up_on_a_silent_peer():
+    from srt_ext.engines.sglang.disagg.launch import free_port
+    from srt_ext.engines.sglang.disagg.zmq_engine import ZmqTransferEngine
+
+    a = ZmqTransferEngine("127.0.0.1", timeout_s=0.5)
+    t0 = time.monotonic()
+    assert a.send_probe(f"127.0.0.1:{free_port()}") < 0
+    assert time.monotonic() - t0 < 5
+
+
+def test_backend_registers_as_an_sglang_transfer_backend():
+    from sglang.srt.arg_groups.choices import DISAGG_TRANSFER_BACKEND_CHOICES
+    from sglang.srt.disaggregation.base.conn import KVArgs
+    from sglang.srt.disaggregation.mooncake.conn import MooncakeKVManager, MooncakeKVSender
+    from sglang.srt.disaggregation.utils import KVClassType, TransferBackend, get_kv_class
+
+    from srt_ext.engines.sglang.disagg import backend
+
+    backend.register()
+    backend.register()  # idempotent
+    assert DISAGG_TRANSFER_BACKEND_CHOICES.count("zmq") == 1
+    zmq = TransferBackend("zmq")
+    around = backend.get_kv_class_around
+    assert issubclass(around(get_kv_class, zmq, KVClassType.MANAGER), MooncakeKVManager)
+    sender = around(get_kv_class, zmq, KVClassType.SENDER)
+    assert issubclass(sender, MooncakeKVSender) and not sender.supports_host_tensor_indices
+    assert around(get_kv_class, zmq, KVClassType.KVARGS) is KVArgs
+    assert around(get_kv_class, TransferBackend.FAKE, KVClassType.MANAGER).__name__ == "FakeKVManager"
+
+
+def test_room_of_is_stable_and_63_bits():
+    from srt_ext.engines.sglang.disagg.streams import room_of
+
+    assert room_of("abc") == room_of("abc") != room_of("abd")
+    assert all(0 <= room_of(f"r{i}") < 2**63 for i in range(100))
+
+
 # ---- exactness ----------------------------------------------------------------------
 @pytest.mark.parametrize("key", CASES)
 def test_append_stream_through_pd_equals_one_shot(pd, c, key):
@@ -195,6 +278,25 @@ def test_bad_input_is_a_json_4xx(pd, c):
     with pytest.raises(ServerError) as e:
         c.send_chunk(rid, input_ids=[8])
     assert 400 <= e.value.status < 500
+
+
+def test_abort_while_decoding_ends_it_on_both_sides(pd, c):
+    """A stream aborted after its final chunk, while the decode server decodes it:
+    its result is an error, and the decode server stops that request."""
+    long_sp = {"max_new_tokens": 2000, "temperature": 0.0, "ignore_eos": True}
+    rid = c.open_stream(sampling_params=long_sp, input_ids=prompt(46, 30), final=True)
+    deadline = time.monotonic() + 60
+    while stats(pd.decode.url)["requests_running"] == 0:
+        assert time.monotonic() < deadline, stats(pd.decode.url)
+        time.sleep(0.05)
+    c.abort(rid)  # the prefill side is done with it (its KV went to the decode server)
+    with pytest.raises(ServerError) as e:
+        c.result(rid)
+    assert 400 <= e.value.status < 500
+    deadline = time.monotonic() + 60
+    while stats(pd.decode.url)["requests_running"]:
+        assert time.monotonic() < deadline, "the decode server kept decoding an aborted stream"
+        time.sleep(0.1)
 
 
 def test_no_kv_left_on_either_side(pd, c):

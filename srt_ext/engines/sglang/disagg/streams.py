@@ -28,7 +28,9 @@ our ``StreamFrontend``:
   request (the input ids, the sampling parameters, bootstrap host/port/room) is
   POSTed to the decode server's ``/generate`` (``stream: true``), exactly what
   SGLang's router sends a decode server in PD mode.
-* REPLACE ``_collect``: the stream's result is the decode server's output; the
+* AROUND ``abort``: a stream aborted while it decodes leaves the decode
+  request's HTTP stream (SGLang aborts it on the decode server).
+* AROUND ``_collect`` (in place of the original on a PD prefill server): the stream's result is the decode server's output; the
   prefill side's own request (which ends once its KV is sent, with one token)
   only reports failures. A decode server that fails or cannot be reached ends
   the stream with 502 and a JSON reason, and the prefill request is aborted (its
@@ -264,6 +266,19 @@ async def chunk_around(original: Callable, fe: Any, rid: str, text: Any, ids: An
     return reply
 
 
+async def abort_around(original: Callable, fe: Any, rid: str, *a: Any, **k: Any) -> Any:
+    """A client abort after the final chunk reaches the decode server too: leaving
+    the decode request's HTTP stream makes SGLang abort it there."""
+    st = fe.streams.get(rid)
+    reply = await original(fe, rid, *a, **k)
+    task = getattr(st, "pd_task", None)
+    if task is not None and not task.done():
+        st.pd_aborted = True
+        task.cancel()
+        st.pd_events.put_nowait(RuntimeError(f"stream {rid} was aborted"))
+    return reply
+
+
 async def _wait_task(st: Any) -> None:
     while getattr(st, "pd_task", None) is None:
         await asyncio.sleep(0.01)
@@ -289,6 +304,12 @@ async def collect_pd(fe: Any, st: Any, obj: Any) -> None:
                                                     str(reason.get("message", "aborted")))  # fmt: skip
         except Exception as exc:  # noqa: BLE001
             prefill_error = StreamHTTPError(getattr(exc, "status_code", 500), str(exc))
+        task = getattr(st, "pd_task", None)
+        if prefill_error is not None and task is not None and not task.done():
+            # aborted on the prefill side (client abort, a failed bootstrap): leaving
+            # the decode request's HTTP stream makes SGLang abort it there too
+            task.cancel()
+            st.pd_events.put_nowait(RuntimeError("the prefill request ended"))
 
     prefill = asyncio.create_task(follow_prefill())
     try:
@@ -304,6 +325,12 @@ async def collect_pd(fe: Any, st: Any, obj: Any) -> None:
             if ev is None:
                 break
             if isinstance(ev, Exception):
+                if getattr(st, "pd_aborted", False):
+                    st.error = StreamHTTPError(410, str(ev))
+                    return
+                if prefill_error is not None:  # the prefill side ended it
+                    st.error = prefill_error
+                    return
                 await prefill_abort(fe, st)
                 await asyncio.wait({prefill}, timeout=5)
                 st.error = StreamHTTPError(502, str(ev))
@@ -361,6 +388,7 @@ def hooks() -> list[tuple[str, Callable, str]]:
         (f"{FRONTEND}.open", open_around, "AROUND"),
         (f"{FRONTEND}.chunk", chunk_around, "AROUND"),
         (f"{FRONTEND}._collect", collect_around, "AROUND"),
+        (f"{FRONTEND}.abort", abort_around, "AROUND"),
     ]  # fmt: skip
 
 
