@@ -134,14 +134,16 @@ def test_zmq_engine_writes_pages_into_registered_memory(n):
     assert a.batch_transfer_sync(b.session_id, srcs, dsts, [768] * len(srcs)) == 0
     for k in range(2):
         for x, y in zip(si, di, strict=True):
-            assert src[k][x * 768:(x + 1) * 768].equal(dst[k][y * 768:(y + 1) * 768])
+            assert src[k][x * 768 : (x + 1) * 768].equal(dst[k][y * 768 : (y + 1) * 768])
     untouched = sum(int(dst[k].view(120, 768)[y].any()) for k in range(2)
                     for y in set(range(120)) - set(di))  # fmt: skip
     assert untouched == 0
     assert b.bytes_received == a.bytes_sent == 2 * n * 768
     # unaligned destinations take the per-block path, still checked and exact
     assert a.batch_transfer_sync(b.session_id, srcs, [d + 5 for d in dsts], [768] * len(srcs)) == 0
-    assert src[0][si[0] * 768:(si[0] + 1) * 768].equal(dst[0][di[0] * 768 + 5:(di[0] + 1) * 768 + 5])
+    assert src[0][si[0] * 768 : (si[0] + 1) * 768].equal(
+        dst[0][di[0] * 768 + 5 : (di[0] + 1) * 768 + 5]
+    )
 
 
 def test_zmq_engine_refuses_memory_nobody_registered():
@@ -183,7 +185,9 @@ def test_backend_registers_as_an_sglang_transfer_backend():
     sender = around(get_kv_class, zmq, KVClassType.SENDER)
     assert issubclass(sender, MooncakeKVSender) and not sender.supports_host_tensor_indices
     assert around(get_kv_class, zmq, KVClassType.KVARGS) is KVArgs
-    assert around(get_kv_class, TransferBackend.FAKE, KVClassType.MANAGER).__name__ == "FakeKVManager"
+    assert (
+        around(get_kv_class, TransferBackend.FAKE, KVClassType.MANAGER).__name__ == "FakeKVManager"
+    )
 
 
 def test_room_of_is_stable_and_63_bits():

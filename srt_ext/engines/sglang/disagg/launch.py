@@ -57,7 +57,7 @@ def pd_env(cfg: SGLangServerConfig) -> dict[str, str]:
     """A prefill server's environment for the stream hand-off (``streams``)."""
     env = {DECODE_URL_ENV: str(cfg.decode_url).rstrip("/"),
            BOOTSTRAP_PORT_ENV: str(cfg.bootstrap_port or DEFAULT_BOOTSTRAP_PORT)}  # fmt: skip
-    if cfg.api_key and not cfg.api_key_file:
+    if cfg.api_key:  # with --api-key-file it is one of the keys both servers take
         env[DECODE_KEY_ENV] = cfg.api_key
     return env
 

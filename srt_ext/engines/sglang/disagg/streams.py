@@ -122,7 +122,9 @@ def _send_final_streams(scheduler: Any) -> None:
         # (recomputed if pressure took it: still exact)
         kv.unpin(scheduler.tree_cache, t.streams[req.rid])
         _set_bootstrap(scheduler, req)
-        scheduler.disagg_prefill_bootstrap_queue.add(req, scheduler.model_config.num_key_value_heads)
+        scheduler.disagg_prefill_bootstrap_queue.add(
+            req, scheduler.model_config.num_key_value_heads
+        )
         req.time_stats.set_prefill_bootstrap_queue_entry_time()
 
 
@@ -242,8 +244,13 @@ async def _run_decode(st: Any, body: dict[str, Any]) -> None:
                     await q.put(json.loads(data))
         await q.put(None)
     except Exception as exc:  # noqa: BLE001
-        await q.put(RuntimeError(f"decode server {url} failed: {type(exc).__name__}: {exc}"
-                                 if not isinstance(exc, RuntimeError) else str(exc)))
+        await q.put(
+            RuntimeError(
+                f"decode server {url} failed: {type(exc).__name__}: {exc}"
+                if not isinstance(exc, RuntimeError)
+                else str(exc)
+            )
+        )
 
 
 async def open_around(original: Callable, fe: Any, rid: Any, mode: str, sampling: Any,
