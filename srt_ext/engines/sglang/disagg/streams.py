@@ -216,6 +216,7 @@ def _start_decode(fe: Any, st: Any, sampling: dict[str, Any] | None) -> None:
             "bootstrap_room": room_of(st.rid), "rid": f"{st.rid}-decode"}  # fmt: skip
     st.pd_events = asyncio.Queue()
     st.pd_task = asyncio.create_task(_run_decode(st, body))
+    _started(st).set()
 
 
 async def _run_decode(st: Any, body: dict[str, Any]) -> None:
@@ -286,9 +287,16 @@ async def abort_around(original: Callable, fe: Any, rid: str, *a: Any, **k: Any)
     return reply
 
 
+def _started(st: Any) -> asyncio.Event:
+    """Set once the stream's decode request is under way."""
+    ev = getattr(st, "pd_started", None)
+    if ev is None:
+        ev = st.pd_started = asyncio.Event()
+    return ev
+
+
 async def _wait_task(st: Any) -> None:
-    while getattr(st, "pd_task", None) is None:
-        await asyncio.sleep(0.01)
+    await _started(st).wait()
 
 
 async def collect_pd(fe: Any, st: Any, obj: Any) -> None:
