@@ -21,7 +21,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--engine", choices=("sglang", "reference"), default="sglang",
                    help="sglang (default): SGLang's own server, scheduler and model runner "
                         "with our tree and hooks (docs/sglang-engine.md); reference: the "
-                        "retiring PyTorch engine, still behind disaggregation and the cluster")  # fmt: skip
+                        "retiring PyTorch engine")  # fmt: skip
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=30000)
     p.add_argument("--max-total-tokens", type=int, default=w.max_total_tokens, help="KV pool size in tokens")
