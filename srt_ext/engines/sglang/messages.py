@@ -168,6 +168,10 @@ def handle_stream_chunk(scheduler: Any, msg: StreamChunkReq) -> StreamChunkOutpu
     if where == "parked":
         kv.unpark(t, info, req, scheduler.waiting_queue)
     cached = tree.depth(info.pin) if info.pin is not None else int(req.prefix_len or 0)
+    if where == "inflight" and info.rid in t.unsampled and req.inflight_middle_chunks == 0:
+        # its step ran and was processed (it is parked before the next one): the KV
+        # of everything that step prefilled exists; SGLang set ``already_computed``
+        cached = max(cached, int(req.already_computed))
     if info.host_tokens is not None:  # swapped out: computed, kept in host memory
         cached = max(cached, len(info.host_tokens))
     if info.pending_input is not None:  # the cut comes between steps; ack what will survive it
