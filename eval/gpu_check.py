@@ -181,7 +181,10 @@ def step_profile(device: str, shape: str, smoke: bool, out_dir: Path) -> dict[st
              "--kv-capacity-tokens", "8192", "--skip-http", "--threads", "1"] if smoke else [
              "--max-tokens", "16384", "--repeats", "5", "--warmup", "2", "--decode-batches",
              "1,8,32", "--kv-capacity-tokens", "262144"]  # fmt: skip
-    args = parser.parse_args(["profile", "--model-path", str(ensure_shape_model(shape)),
+    # a shape model is random weights made at load (random_init.json, no weight files),
+    # which only the reference engine's forward can build
+    args = parser.parse_args(["profile", "--engine", "reference",
+                              "--model-path", str(ensure_shape_model(shape)),
                               "--device", device, "--name", name, "--out", str(out), *sizes])  # fmt: skip
     _log(f"profile: {args.out}")
     profile_cli.run(args)
