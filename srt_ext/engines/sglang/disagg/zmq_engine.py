@@ -178,18 +178,7 @@ class ZmqTransferEngine:
             (int(d), int(ln)) for d, ln in zip(dsts, lens, strict=True)))  # fmt: skip
         blocks = [memoryview((ctypes.c_uint8 * int(ln)).from_address(int(s)))
                   for s, ln in zip(srcs, lens, strict=True)]  # fmt: skip
-        t0 = time.perf_counter()
-        reply = self._request(session_id, [b"W", header, *blocks])
-        if reply is None:
-            return ERR_TIMEOUT
-        if reply[0] != b"ok":
-            logger.error("zmq KV engine: %s refused a write: %s", session_id,
-                         b" ".join(reply[1:]).decode(errors="replace"))  # fmt: skip
-            return ERR_REJECTED
-        self.send_seconds += time.perf_counter() - t0
-        self.bytes_sent += sum(int(x) for x in lens)
-        self.transfers_sent += 1
-        return 0
+        return self._send_write(session_id, [b"W", header, *blocks], sum(int(x) for x in lens))
 
     def _transfer_uniform(self, session_id: str, srcs: list[int], dsts: list[int],
                           length: int) -> int | None:  # fmt: skip
@@ -206,8 +195,12 @@ class ZmqTransferEngine:
             mask = reg == r
             payload[mask] = self.regions.view2d(int(r), length)[rows[mask]]
         header = struct.pack("<IQ", n, length) + np.asarray(dsts, dtype="<u8").tobytes()
+        return self._send_write(session_id, [b"U", header, payload], n * length)
+
+    def _send_write(self, session_id: str, frames: list[Any], nbytes: int) -> int:
+        """Send one write request and wait for the peer's ack: 0, or why it failed."""
         t0 = time.perf_counter()
-        reply = self._request(session_id, [b"U", header, payload])
+        reply = self._request(session_id, frames)
         if reply is None:
             return ERR_TIMEOUT
         if reply[0] != b"ok":
@@ -215,7 +208,7 @@ class ZmqTransferEngine:
                          b" ".join(reply[1:]).decode(errors="replace"))  # fmt: skip
             return ERR_REJECTED
         self.send_seconds += time.perf_counter() - t0
-        self.bytes_sent += n * length
+        self.bytes_sent += nbytes
         self.transfers_sent += 1
         return 0
 
